@@ -157,7 +157,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "--cilium-version",
         "cilium_version",
         "dataplane_cilium_version",
-        "Cilium release installed for ebpf on kind, MAJOR.MINOR.PATCH from 1.12 to 1.18 "
+        "Cilium release installed for ebpf on kind, MAJOR.MINOR.PATCH from 1.14 to 1.18 "
         "(default: 1.16.12)",
         "1.16.12",
         metavar="VERSION",

@@ -16,18 +16,35 @@ from pytest_dataplane.providers.kubeconfig.agent import AGENT_IMAGE
 PLAN = ("--dataplane-provider=kind", "--dataplane-plan", "-p", "no:cacheprovider")
 
 
-def test_plan_before_1_14_uses_strict(pytester: pytest.Pytester, isolated_env: Path) -> None:
+def test_plan_for_end_of_life_cilium_is_a_usage_error(
+    pytester: pytest.Pytester, isolated_env: Path
+) -> None:
     result = pytester.runpytest(*PLAN, "--dataplane=ebpf", "--cilium-version=1.13.4")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --cilium-version: Cilium 1.13.4 is not supported: the 1.13 line is end of "
+            "life*accepted: 1.14.x to 1.18.x*"
+        ]
+    )
+    assert "helm command" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("version", ["1.14.19", "1.15.19", "1.16.12", "1.17.4", "1.18.0"])
+def test_plan_for_each_supported_line(
+    pytester: pytest.Pytester, isolated_env: Path, version: str
+) -> None:
+    result = pytester.runpytest(*PLAN, "--dataplane=ebpf", f"--cilium-version={version}")
     assert result.ret == 0
     result.stdout.fnmatch_lines(
         [
             "pytest-dataplane plan: provider kind, 1 dataplane(s): ebpf",
+            f"    quay.io/cilium/cilium:v{version}",
             "helm command:",
-            "*helm install cilium cilium --repo https://helm.cilium.io --version 1.13.4 *"
-            "--set kubeProxyReplacement=strict *",
+            f"*helm install cilium cilium --repo https://helm.cilium.io --version {version} *"
+            "--set kubeProxyReplacement=true *",
         ]
     )
-    assert "kubeProxyReplacement=true" not in result.stdout.str()
 
 
 def test_plan_from_1_14_uses_true(pytester: pytest.Pytester, isolated_env: Path) -> None:
@@ -128,14 +145,14 @@ def test_nftables_on_old_kubernetes_is_a_usage_error(pytester: pytest.Pytester) 
 def test_ini_twins_and_pytest_kind_flag(pytester: pytest.Pytester, isolated_env: Path) -> None:
     pytester.makeini(
         "[pytest]\n"
-        "dataplane_cilium_version = 1.13.4\n"
+        "dataplane_cilium_version = 1.14.19\n"
         "dataplane_kind_image = kindest/node:v1.31.2\n"
         "dataplane_kind_workers = 2\n"
     )
     from_ini = pytester.runpytest(*PLAN, "--dataplane=ebpf")
     assert from_ini.ret == 0
     out = from_ini.stdout.str()
-    assert "kubeProxyReplacement=strict" in out
+    assert "--version 1.14.19" in out
     assert "--image=kindest/node:v1.31.2" in out
     assert out.count("- role: worker") == 2
     # pytest-kind's --kind-image is the command-line side of dataplane_kind_image, and wins.

@@ -43,10 +43,25 @@ def test_malformed_cilium_version_names_value_and_form(bad: str) -> None:
     assert "MAJOR.MINOR.PATCH" in str(info.value)
 
 
-@pytest.mark.parametrize("unsupported", ["1.11.20", "2.0.0", "1.19.1", "0.9.0"])
-def test_unsupported_cilium_version_names_the_range(unsupported: str) -> None:
-    with pytest.raises(ValueError, match=r"not supported; accepted: 1\.12\.x to 1\.18\.x"):
+@pytest.mark.parametrize("unsupported", ["1.11.20", "1.12.19", "1.13.4", "0.9.0"])
+def test_end_of_life_cilium_is_refused_naming_version_and_range(unsupported: str) -> None:
+    with pytest.raises(ValueError, match=r"accepted: 1\.14\.x to 1\.18\.x") as info:
         parse_cilium_version(unsupported)
+    assert f"Cilium {unsupported} is not supported" in str(info.value)
+    assert "end of life" in str(info.value)
+
+
+@pytest.mark.parametrize("unsupported", ["2.0.0", "1.19.1"])
+def test_newer_cilium_is_not_supported_yet(unsupported: str) -> None:
+    with pytest.raises(ValueError, match=r"not supported yet; accepted: 1\.14\.x to 1\.18\.x"):
+        parse_cilium_version(unsupported)
+
+
+@pytest.mark.parametrize(
+    "supported", ["1.14.0", "1.14.19", "1.15.19", "1.16.12", "1.17.4", "1.18.0"]
+)
+def test_supported_cilium_lines(supported: str) -> None:
+    assert str(parse_cilium_version(supported)) == supported
 
 
 def test_default_cilium_version_is_supported() -> None:
@@ -69,8 +84,17 @@ def test_cilium_cli_renamed_in_1_15() -> None:
 def test_kind_default_kubernetes_is_a_lower_bound() -> None:
     assert kind_default_kubernetes(Version.parse("0.25.0")) == Version(1, 31, 2)
     # Between two known releases: at least the older one's default.
-    assert kind_default_kubernetes(Version.parse("0.28.1")) == Version(1, 32, 2)
+    assert kind_default_kubernetes(Version.parse("0.27.5")) == Version(1, 32, 2)
     assert kind_default_kubernetes(Version.parse("0.18.0")) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "kubernetes"),
+    # Each release's pkg/apis/config/defaults/image.go, read at its tag.
+    [("0.28.0", "1.33.1"), ("0.29.0", "1.33.1"), ("0.31.0", "1.35.0"), ("0.32.0", "1.36.1")],
+)
+def test_kind_default_node_images(kind: str, kubernetes: str) -> None:
+    assert kind_default_kubernetes(Version.parse(kind)) == Version.parse(kubernetes)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 Every rule that depends on a version lives here, next to the fact it encodes:
 
+- Cilium 1.14 to 1.18 are supported; 1.12 and 1.13 are end of life, untested on the Kubernetes
+  releases kind ships today, and refused;
 - Cilium's Helm chart took ``kubeProxyReplacement=strict`` before 1.14 and takes ``true`` from
   1.14 on (``strict`` was deprecated in 1.14 and later removed);
 - the agent's debug CLI is ``cilium-dbg`` from 1.15 on and ``cilium`` before;
@@ -73,11 +75,12 @@ class Version:
 # The default is the newest patch of the 1.16 line that we know is published (chart and
 # images): 1.16 is the release the project's story was measured on, it has the boolean
 # kubeProxyReplacement and the cilium-dbg CLI, and it runs on the node images of every kind
-# release from v0.23 on. The tox matrix covers 1.14 to 1.17.
+# release from v0.23 on. The tox matrix covers 1.14 to 1.18.
 DEFAULT_CILIUM_VERSION: Final = "1.16.12"
-# Cilium lines whose chart takes the values we pass; older ones do not run on the Kubernetes
-# versions kind has shipped for years, newer ones are not known to us yet.
-SUPPORTED_CILIUM: Final = ((1, 12), (1, 18))
+# Cilium lines we support, inclusive. 1.12 and 1.13 are end of life and were never tested on
+# the Kubernetes releases kind ships today (1.31 and newer), so they are refused rather than
+# half-supported; lines newer than 1.18 are not known to us yet.
+SUPPORTED_CILIUM: Final = ((1, 14), (1, 18))
 CILIUM_CHART_REPO: Final = "https://helm.cilium.io"
 _KPR_BOOLEAN_SINCE: Final = (1, 14)
 _CILIUM_DBG_SINCE: Final = (1, 15)
@@ -89,8 +92,9 @@ NFTABLES_MIN_KIND: Final = Version(0, 23, 0)
 # --delay-shutdown, and is the image Kubernetes' own Service conformance tests use.
 AGNHOST_IMAGE: Final = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 
-# kind release -> Kubernetes version of its default node image (from kind's release notes).
-# A kind version between two entries is taken to default to at least the lower entry's.
+# kind release -> Kubernetes version of its default node image, as each release's own
+# pkg/apis/config/defaults/image.go names it (read at the release tags). A kind version
+# between two entries is taken to default to at least the lower entry's.
 KIND_DEFAULT_KUBERNETES: Final = {
     Version(0, 19, 0): Version(1, 27, 1),
     Version(0, 20, 0): Version(1, 27, 3),
@@ -101,21 +105,30 @@ KIND_DEFAULT_KUBERNETES: Final = {
     Version(0, 25, 0): Version(1, 31, 2),
     Version(0, 26, 0): Version(1, 32, 0),
     Version(0, 27, 0): Version(1, 32, 2),
+    Version(0, 28, 0): Version(1, 33, 1),
     Version(0, 29, 0): Version(1, 33, 1),
     Version(0, 30, 0): Version(1, 34, 0),
     Version(0, 31, 0): Version(1, 35, 0),
+    Version(0, 32, 0): Version(1, 36, 1),
 }
 
 
 def parse_cilium_version(value: str, *, name: str = "--cilium-version") -> Version:
-    """Validate a Cilium version: well-formed and in :data:`SUPPORTED_CILIUM`."""
+    """Validate a Cilium version: well-formed and in :data:`SUPPORTED_CILIUM` (ValueError
+    naming the version and the supported range otherwise; the plugin turns it into a
+    ``pytest.UsageError``)."""
     version = Version.parse(str(value), what=name)
     low, high = SUPPORTED_CILIUM
-    if not low <= version.minor_version <= high:
+    accepted = (
+        f"accepted: {low[0]}.{low[1]}.x to {high[0]}.{high[1]}.x (e.g. {DEFAULT_CILIUM_VERSION})"
+    )
+    if version.minor_version < low:
         raise ValueError(
-            f"{name}: Cilium {version} is not supported; accepted: "
-            f"{low[0]}.{low[1]}.x to {high[0]}.{high[1]}.x (e.g. {DEFAULT_CILIUM_VERSION})"
+            f"{name}: Cilium {version} is not supported: the {version.major}.{version.minor} "
+            f"line is end of life and untested on the Kubernetes releases kind ships; {accepted}"
         )
+    if version.minor_version > high:
+        raise ValueError(f"{name}: Cilium {version} is not supported yet; {accepted}")
     return version
 
 
