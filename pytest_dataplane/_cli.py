@@ -73,6 +73,39 @@ def _parser() -> argparse.ArgumentParser:
         help="Compare even where the environment fingerprints differ",
     )
     compare.add_argument("--json", action="store_true", help="Print the comparison as JSON")
+
+    lab = commands.add_parser(
+        "lab",
+        help="Run a real Kubernetes cluster in network namespaces for kubectl "
+        '(eval "$(python -m pytest_dataplane lab up)")',
+    )
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    lab_up = lab_commands.add_parser(
+        "up",
+        help="Boot a cluster that keeps running; print export lines (KUBECONFIG, PATH, "
+        "DATAPLANE_NETNS) on stdout, progress on stderr",
+    )
+    lab_up.add_argument(
+        "--dataplane",
+        default="iptables",
+        choices=("iptables", "nftables", "ipvs", "ebpf"),
+        help="Service dataplane: kube-proxy's mode, or ebpf (default: iptables)",
+    )
+    lab_up.add_argument("--nodes", type=int, default=1, help="Number of nodes (default: 1)")
+    lab_up.add_argument(
+        "--name", default=None, help="Name of the lab, for lab down (default: its prefix)"
+    )
+    lab_up.add_argument(
+        "--kube-bin",
+        default=None,
+        metavar="DIR",
+        help="Run official binaries from this directory instead of the build of kube/",
+    )
+    lab_down = lab_commands.add_parser("down", help="Stop a running lab and remove all of it")
+    lab_down.add_argument(
+        "name", nargs="?", default=None, help="The lab to remove (needed when several run)"
+    )
+    lab_commands.add_parser("list", help="List the running labs")
     return parser
 
 
@@ -107,4 +140,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             json_output=args.json,
         )
+    if args.command == "lab":
+        return _lab(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse guards this
+
+
+def _lab(args: argparse.Namespace) -> int:
+    import sys
+
+    from .errors import DataplaneError
+    from .providers.lab.kube import updown
+
+    try:
+        if args.lab_command == "up":
+            return updown.up(
+                dataplane=args.dataplane,
+                nodes=args.nodes,
+                name=args.name,
+                kube_bin_dir=args.kube_bin,
+            )
+        if args.lab_command == "down":
+            return updown.down(name=args.name)
+        for lab in updown.running_labs():
+            state = "running" if lab.alive() else "dead (run: python -m pytest_dataplane cleanup)"
+            print(f"{lab.name}\t{lab.dataplane}\t{lab.nodes} node(s)\t{lab.kubeconfig}\t{state}")
+        return 0
+    except (DataplaneError, ValueError) as exc:
+        print(f"lab {args.lab_command}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,576 @@
+"""KubeLab: boots a real Kubernetes cluster in network namespaces and removes all of it.
+
+Boot order (each step waits on the component's own readiness signal, never on a sleep):
+
+1. credentials (:mod:`.pki`), a tmpfs for etcd, the namespaces and links (:mod:`.topology`);
+2. etcd (``/health``) and kube-apiserver (``/readyz``) in the control-plane namespace;
+3. kube-controller-manager and kube-scheduler (``/healthz``), and one node agent per node
+   (its Node object Ready);
+4. kube-proxy per node once its Node exists (kube-proxy reads its node IPs from the Node
+   and polls for it only once a second), ready at its first completed rule sync;
+5. the forwarder that lets the root namespace's kubectl reach the API server on loopback.
+
+:meth:`KubeLab.stop` undoes everything — on success, on a failure part-way through
+:meth:`KubeLab.start` and on Ctrl-C/SIGTERM (turned into KeyboardInterrupt on the main
+thread) — and ``python -m pytest_dataplane cleanup`` finds what a SIGKILLed owner left (every
+name carries the session prefix; every process sits in the session's cgroup and dies with
+its parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from ....errors import DataplaneError, DataplaneUnavailable
+from .. import _proc
+from .._session import Session
+from . import pki, plan, probe
+from .forward import Forwarder
+from .plan import Files, KubePlan
+from .process import Process, stop_all
+from .topology import POD_BRIDGE, KubeTopology
+
+ETCD_TMPFS_SIZE = "1g"
+AGENT_STOP_TIMEOUT = 30.0  # the agent stops its pods (their grace periods) before exiting
+STOP_TIMEOUT = 10.0
+
+
+def _sbin_path() -> str:
+    # kube-proxy runs whichever `iptables` (legacy or nft) its PATH finds first; root's tools
+    # live in the sbin directories, which a non-login shell's PATH may lack.
+    parts = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
+        if extra not in parts:
+            parts.append(extra)
+    return os.pathsep.join(parts)
+
+
+def ipvs_available() -> bool:
+    """Whether the kernel has IP_VS (built in or loaded): kube-proxy's ipvs mode needs it."""
+    return Path("/proc/sys/net/ipv4/vs").is_dir() or Path("/proc/net/ip_vs").exists()
+
+
+class KubeLab:
+    """One lab Kubernetes cluster: control plane, ``nodes`` nodes, a client namespace.
+
+    ``with KubeLab(dataplane="iptables") as lab: ...`` boots it and removes it. With
+    ``session`` given, the cluster lives inside that session under ``tag`` (names
+    ``<session prefix>-<tag>-...``); without, it makes a session of its own and removes the
+    session on :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataplane: str = "iptables",
+        nodes: int = 1,
+        session: Session | None = None,
+        tag: str | None = None,
+        block: int | None = None,
+        kube_bin_dir: str | os.PathLike[str] | None = None,
+        forward_port: int = 0,
+        boot_timeout: float = 90.0,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dataplane = plan.check_dataplane(dataplane)
+        self.nodes = plan.check_nodes(nodes)
+        if tag is not None and (not tag.isalnum() or len(tag) > 8):
+            raise ValueError(f"tag: {tag!r} is not accepted; accepted: 1-8 letters or digits")
+        if session is not None and tag is None:
+            tag = "kube"
+        self.tag = tag
+        self.block = block
+        self.kube_bin_dir = kube_bin_dir
+        self.forward_port = forward_port
+        self.boot_timeout = boot_timeout
+        self._progress = progress or (lambda message: None)
+        self._session = session
+        self._own_session = session is None
+        self.plan: KubePlan | None = None
+        self.files: Files | None = None
+        self.binaries: Any = None
+        self.pki: pki.Pki | None = None
+        self.topology: KubeTopology | None = None
+        self.forwarder: Forwarder | None = None
+        self.processes: dict[str, Process] = {}
+        self.cgroup: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._mounted: Path | None = None
+        self._started = False
+        self._stopped = False
+        self._old_sigterm: Any = None
+
+    def __repr__(self) -> str:
+        where = self.plan.prefix if self.plan else "not started"
+        return f"<KubeLab {self.dataplane} {self.nodes} node(s) {where}>"
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> KubeLab:
+        self._interrupt_on_sigterm()
+        try:
+            return self.start()
+        except BaseException:
+            self._restore_sigterm()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self._restore_sigterm()
+
+    def _interrupt_on_sigterm(self) -> None:
+        # SIGTERM would end the process without unwinding; as KeyboardInterrupt it runs
+        # stop() like Ctrl-C does.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+            def interrupt(signum: int, frame: FrameType | None) -> None:
+                raise KeyboardInterrupt(f"signal {signum}")
+
+            self._old_sigterm = signal.signal(signal.SIGTERM, interrupt)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # ------------------------------------------------------------------ public view
+
+    def _require(self) -> tuple[KubePlan, Files]:
+        if self.plan is None or self.files is None:
+            raise DataplaneError("the lab cluster is not started")
+        return self.plan, self.files
+
+    @property
+    def prefix(self) -> str:
+        return self._require()[0].prefix
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise DataplaneError("the lab cluster is not started")
+        return self._session
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (server ``https://127.0.0.1:<port>`` in the root namespace)."""
+        return self._require()[1].admin_kubeconfig
+
+    @property
+    def components_kubeconfig(self) -> Path:
+        """The kubeconfig of the components (server: the API server's cp address)."""
+        return self._require()[1].components_kubeconfig
+
+    @property
+    def client_netns(self) -> str:
+        return self._require()[0].client_netns
+
+    @property
+    def cp_netns(self) -> str:
+        return self._require()[0].cp_netns
+
+    def node_netns(self, index: int = 0) -> str:
+        return self._require()[0].node_netns(index)
+
+    @property
+    def node_names(self) -> list[str]:
+        plan_ = self._require()[0]
+        return [plan_.node_name(i) for i in range(plan_.nodes)]
+
+    @property
+    def runs_kube_proxy(self) -> bool:
+        return self.dataplane in plan.PROXY_MODES
+
+    def kubectl(self) -> list[str]:
+        """The command prefix of the matching kubectl on the admin kubeconfig."""
+        return [*self.binaries.argv("kubectl"), f"--kubeconfig={self.kubeconfig}"]
+
+    def env(self) -> list[tuple[str, str]]:
+        """What ``lab up`` exports: KUBECONFIG, PATH (kubectl first), DATAPLANE_NETNS..."""
+        out = [("KUBECONFIG", str(self.kubeconfig))]
+        if self.binaries is not None and self.binaries.kubectl_dir is not None:
+            out.append(("PATH", f"{self.binaries.kubectl_dir}{os.pathsep}$PATH"))
+        out.append(("DATAPLANE_NETNS", self.client_netns))
+        out.append(("DATAPLANE_LAB", self.prefix))
+        return out
+
+    def logs(self, lines: int = 25) -> dict[str, str]:
+        """The last ``lines`` of every component's log (for failure reports)."""
+        return {name: p.tail(lines) for name, p in self.processes.items()}
+
+    # ------------------------------------------------------------------ boot
+
+    def start(self) -> KubeLab:
+        """Boot the cluster; on any failure (or interrupt) remove what was made, then raise."""
+        if self._started:
+            raise DataplaneError("this KubeLab was started already; make a new one")
+        self._started = True
+        began = time.monotonic()
+        try:
+            self._boot()
+        except BaseException:
+            try:
+                self.stop()
+            except Exception as exc:  # the boot failure is the news; report both
+                self._progress(f"cleanup after the failed boot incomplete: {exc}")
+            raise
+        self.timings["boot"] = time.monotonic() - began
+        self._progress(f"cluster ready in {self.timings['boot']:.1f} s")
+        return self
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - began
+
+    def _boot(self) -> None:
+        from ..kubebin import locate
+
+        if self.dataplane == "ipvs" and not ipvs_available():
+            raise DataplaneUnavailable(
+                "kube-proxy's ipvs mode needs the kernel's IP_VS, which this kernel lacks "
+                "(no /proc/sys/net/ipv4/vs); use iptables or nftables"
+            )
+        self.binaries = locate(self.kube_bin_dir)
+        if self._session is None:
+            self._session = Session.new()
+        session = self._session
+        prefix = session.prefix if self.tag is None else f"{session.prefix}-{self.tag}"
+        block = self.block
+        if block is None:
+            block = int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % (plan.MAX_BLOCK + 1)
+        self.plan = kube_plan = KubePlan(prefix, block, self.nodes)
+        self.files = files = Files(session.state_dir / (self.tag or "kube"))
+        files.root.mkdir(parents=True, exist_ok=True)
+        files.logs.mkdir(parents=True, exist_ok=True)
+        if session.cgroup is not None:
+            self.cgroup = session.cgroup / (self.tag or "kube")
+            self.cgroup.mkdir(parents=True, exist_ok=True)
+        self._progress(
+            f"lab {prefix}: {self.dataplane}, {self.nodes} node(s), {self.binaries.source}"
+        )
+
+        with self._phase("pki"):
+            self.forwarder = Forwarder(
+                kube_plan.cp_netns, ("127.0.0.1", plan.APISERVER_PORT), port=self.forward_port
+            )
+            self.pki = credentials = pki.generate(
+                ips=kube_plan.serving_ips(), dns_names=kube_plan.serving_dns_names()
+            )
+            pki.write(
+                credentials,
+                files,
+                {
+                    "admin": f"https://127.0.0.1:{self.forwarder.port}",
+                    "components": kube_plan.apiserver_url,
+                },
+                cluster=f"lab-{prefix}",
+            )
+        with self._phase("network"):
+            files.etcd_data.mkdir(parents=True, exist_ok=True)
+            _proc.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={ETCD_TMPFS_SIZE},mode=0700",
+                    f"pytest-dataplane-{prefix}",
+                    str(files.etcd_data),
+                ]
+            )
+            self._mounted = files.etcd_data
+            self.topology = KubeTopology(kube_plan)
+            self.topology.create()
+
+        self._progress("starting etcd and kube-apiserver")
+        with self._phase("control_plane"):
+            etcd = self._spawn("etcd", plan.etcd_args(files), kube_plan.cp_netns)
+            apiserver = self._spawn(
+                "kube-apiserver", plan.apiserver_args(kube_plan, files), kube_plan.cp_netns
+            )
+            etcd.wait_until(
+                lambda: (
+                    probe.get_json(
+                        kube_plan.cp_netns, f"http://127.0.0.1:{plan.ETCD_CLIENT_PORT}/health"
+                    )
+                    in ({"health": "true"}, {"health": "true", "reason": ""})
+                ),
+                timeout=self.boot_timeout,
+                what="healthy",
+            )
+            self.timings["etcd"] = time.monotonic() - etcd.started_at
+            self.timings["apiserver"] = apiserver.wait_until(
+                lambda: self._api_ok("/readyz"), timeout=self.boot_timeout, what="ready (/readyz)"
+            )
+
+        self._progress("starting controller-manager, scheduler and node agents")
+        with self._phase("components"):
+            cm = self._spawn(
+                "kube-controller-manager", plan.controller_manager_args(files), kube_plan.cp_netns
+            )
+            scheduler = self._spawn(
+                "kube-scheduler", plan.scheduler_args(files), kube_plan.cp_netns
+            )
+            agents = [self._spawn_agent(i) for i in range(self.nodes)]
+            proxies: list[Process] = []
+            for index, agent in enumerate(agents):
+                name = kube_plan.node_name(index)
+                agent.wait_until(
+                    lambda n=name: self._api_ok(f"/api/v1/nodes/{n}"),  # type: ignore[misc]
+                    timeout=self.boot_timeout,
+                    what=f"registered (Node {name})",
+                )
+                if self.runs_kube_proxy:
+                    proxies.append(
+                        self._spawn(
+                            f"kube-proxy-{name}",
+                            [
+                                *self.binaries.argv("kube-proxy"),
+                                *plan.proxy_args(
+                                    kube_plan, files, index, plan.PROXY_MODES[self.dataplane]
+                                ),
+                            ],
+                            kube_plan.node_netns(index),
+                            raw=True,
+                        )
+                    )
+            cm.wait_until(
+                lambda: probe.ok(
+                    kube_plan.cp_netns,
+                    f"https://127.0.0.1:{plan.CONTROLLER_MANAGER_PORT}/healthz",
+                ),
+                timeout=self.boot_timeout,
+                what="healthy (/healthz)",
+            )
+            scheduler.wait_until(
+                lambda: probe.ok(
+                    kube_plan.cp_netns, f"https://127.0.0.1:{plan.SCHEDULER_PORT}/healthz"
+                ),
+                timeout=self.boot_timeout,
+                what="healthy (/healthz)",
+            )
+            for index, agent in enumerate(agents):
+                name = kube_plan.node_name(index)
+                agent.wait_until(
+                    lambda n=name: self._node_ready(n),  # type: ignore[misc]
+                    timeout=self.boot_timeout,
+                    what=f"Ready (Node {name})",
+                )
+            for index, proxy in enumerate(proxies):
+                proxy.wait_until(
+                    lambda i=index: self.proxy_synced(i),  # type: ignore[misc]
+                    timeout=self.boot_timeout,
+                    what="synced (kubeproxy_sync_proxy_rules_last_timestamp_seconds)",
+                )
+        if not self.runs_kube_proxy:
+            self._progress(
+                "dataplane ebpf: no kube-proxy runs; the lab's eBPF service controller on "
+                "this cluster comes with issue 14, so ClusterIPs are not served yet"
+            )
+        self.forwarder.start()
+
+    def _spawn(self, name: str, args: list[str], netns: str, *, raw: bool = False) -> Process:
+        """Start component ``name`` (``args`` are its flags, or its whole argv if ``raw``)."""
+        _, files = self._require()
+        argv = args if raw else [*self.binaries.argv(name), *args]
+        process = Process(
+            name,
+            argv,
+            netns=netns,
+            log_path=files.logs / f"{name}.log",
+            cgroup=None if self.cgroup is None else self.cgroup / name,
+            env=self._env(),
+        )
+        self.processes[name] = process
+        process.start()
+        return process
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PATH"] = _sbin_path()
+        return env
+
+    def _spawn_agent(self, index: int) -> Process:
+        kube_plan, files = self._require()
+        name = kube_plan.node_name(index)
+        config = {
+            "name": name,
+            "netns": kube_plan.node_netns(index),
+            "bridge": POD_BRIDGE,
+            "gateway": kube_plan.pod_gateway(index),
+            "internal_ip": kube_plan.node_ip(index),
+            "pod_cidr": kube_plan.pod_cidr(index),
+            "prefix": kube_plan.prefix,
+            "run_dir": str(files.root / "pods" / name),
+        }
+        path = files.root / f"node-config-{name}.json"
+        path.write_text(json.dumps(config, indent=2))
+        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
+        argv = plan.agent_argv(sys.executable, files.components_kubeconfig, path)
+        process = Process(
+            f"agent-{name}",
+            argv,
+            netns=kube_plan.node_netns(index),
+            log_path=files.logs / f"agent-{name}.log",
+            cgroup=None if self.cgroup is None else self.cgroup / f"agent-{name}",
+            env=self._env(),
+            # SIGTERM, not SIGKILL: the agent removes its pods' namespaces on the way out.
+            deathsig=signal.SIGTERM,
+        )
+        self.processes[process.name] = process
+        process.start()
+        return process
+
+    # ------------------------------------------------------------------ readiness checks
+
+    def api_get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` of the API server from the control-plane namespace, as the admin."""
+        kube_plan, files = self._require()
+        if self.pki is None:
+            raise DataplaneError("the lab cluster is not started")
+        return probe.get(
+            kube_plan.cp_netns,
+            f"https://127.0.0.1:{plan.APISERVER_PORT}{path}",
+            token=self.pki.admin.token,
+            ca_file=str(files.ca_cert),
+        )
+
+    def _api_ok(self, path: str) -> bool:
+        return self.api_get(path)[0] == 200
+
+    def _node_ready(self, name: str) -> bool:
+        status, body = self.api_get(f"/api/v1/nodes/{name}")
+        if status != 200:
+            return False
+        try:
+            conditions = json.loads(body).get("status", {}).get("conditions", [])
+        except ValueError:
+            return False
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def proxy_metrics(self, index: int = 0) -> str:
+        """kube-proxy's /metrics text on node ``index`` ("" when it does not answer)."""
+        status, body = probe.get(self.node_netns(index), f"http://{plan.PROXY_METRICS}/metrics")
+        return body.decode(errors="replace") if status == 200 else ""
+
+    def proxy_synced(self, index: int = 0) -> bool:
+        """Whether kube-proxy on node ``index`` has completed a rule sync."""
+        value = probe.metric(
+            self.proxy_metrics(index), "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+        )
+        return value is not None and value > 0
+
+    # ------------------------------------------------------------------ teardown
+
+    def stop(self) -> None:
+        """Stop every process and remove the namespaces, mounts, cgroups and files."""
+        if self._stopped:
+            return
+        self._stopped = True
+        errors: list[str] = []
+        processes = list(self.processes.values())
+        agents = [p for p in processes if p.name.startswith("agent-")]
+        proxies = [p for p in processes if p.name.startswith("kube-proxy-")]
+        cp = [p for p in processes if p.name in ("kube-controller-manager", "kube-scheduler")]
+        # Agents first (they remove their pods), the API server's clients next, then the
+        # API server, etcd last.
+        for group, timeout in (
+            (agents, AGENT_STOP_TIMEOUT),
+            (proxies + cp, STOP_TIMEOUT),
+            ([p for p in processes if p.name == "kube-apiserver"], STOP_TIMEOUT),
+            ([p for p in processes if p.name == "etcd"], STOP_TIMEOUT),
+        ):
+            killed = stop_all(group, timeout=timeout)
+            if killed:
+                errors.append(f"had to SIGKILL {', '.join(killed)}")
+        if self.forwarder is not None:
+            self.forwarder.close()
+        if self.cgroup is not None:
+            _kill_cgroup(self.cgroup)  # whatever the agents left (pods)
+        if self.topology is not None:
+            errors += self.topology.destroy()
+        if self._mounted is not None:
+            done = _proc.run(["umount", str(self._mounted)], check=False)
+            if done.returncode != 0:
+                errors.append(f"umount {self._mounted}: {done.stderr.strip()}")
+            else:
+                self._mounted = None
+        if self.cgroup is not None:
+            errors += _remove_cgroup(self.cgroup)
+        if self.files is not None and self._mounted is None:
+            shutil.rmtree(self.files.root, ignore_errors=True)
+        if self._own_session and self._session is not None:
+            from ..cleanup import remove_session
+
+            remove_session(self._session.prefix)
+        if errors:
+            raise DataplaneError("lab cluster cleanup incomplete: " + "; ".join(errors))
+
+
+def _cgroup_pids(root: Path) -> set[int]:
+    pids: set[int] = set()
+    for procs in root.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids |= {int(p) for p in procs.read_text().split()}
+    return pids
+
+
+def _kill_cgroup(root: Path) -> None:
+    pids = _cgroup_pids(root) - {os.getpid()}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _cgroup_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _remove_cgroup(root: Path) -> list[str]:
+    errors: list[str] = []
+    if not root.is_dir():
+        return errors
+    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            errors.append(f"cgroup {directory}: {exc}")
+    try:
+        root.rmdir()
+    except OSError as exc:
+        errors.append(f"cgroup {root}: {exc}")
+    return errors
+
+
+def run_kubectl(
+    lab: KubeLab, *args: str, timeout: float = 120.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the lab's kubectl with ``args`` on the admin kubeconfig (for tools and tests)."""
+    done = subprocess.run(
+        [*lab.kubectl(), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise DataplaneError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done
