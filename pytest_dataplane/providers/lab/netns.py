@@ -184,31 +184,18 @@ class Topology:
     def add_pod(self, pod: str, slot: int) -> tuple[str, str]:
         """Create pod namespace ``<prefix>-<pod>`` on the bridge in address ``slot``;
         returns (netns, ip)."""
-        from pyroute2 import IPRoute
-
         name = f"{self.prefix}-{pod}"
         ip = self.plan.pod_ip(slot)
-        veth = f"vp{slot}"
-        create(name)
         self._pods[pod] = name
-
-        def node_side() -> None:
-            with IPRoute() as node:
-                _add_veth(node, veth, name)
-                host = node.link_lookup(ifname=veth)[0]
-                node.link("set", index=host, master=node.link_lookup(ifname="cbr0")[0])
-                node.link("set", index=host, state="up")
-
-        def pod_side() -> None:
-            with IPRoute() as ns:
-                ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                eth0 = ns.link_lookup(ifname="eth0")[0]
-                ns.addr("add", index=eth0, address=ip, prefixlen=24)
-                ns.link("set", index=eth0, state="up")
-                ns.route("add", dst="0.0.0.0/0", gateway=self.plan.bridge_ip)
-
-        in_netns(self.node, node_side)
-        in_netns(name, pod_side)
+        add_pod_netns(
+            name,
+            node_netns=self.node,
+            bridge="cbr0",
+            veth=f"vp{slot}",
+            ip=ip,
+            prefixlen=24,
+            gateway=self.plan.bridge_ip,
+        )
         return name, ip
 
     def remove_pod(self, pod: str) -> None:
@@ -228,6 +215,45 @@ class Topology:
                 errors.append(f"{name}: {exc}")
         self._pods.clear()
         return errors
+
+
+def add_pod_netns(
+    name: str,
+    *,
+    node_netns: str,
+    bridge: str,
+    veth: str,
+    ip: str,
+    prefixlen: int,
+    gateway: str,
+) -> None:
+    """Create pod namespace ``name`` wired to ``bridge`` in ``node_netns``.
+
+    The pod gets ``eth0`` with ``ip/prefixlen`` and a default route via ``gateway``; its
+    peer, ``veth``, is enslaved to the bridge in the node namespace. Removing the pod
+    namespace (:func:`delete`) removes both ends.
+    """
+    from pyroute2 import IPRoute
+
+    create(name)
+
+    def node_side() -> None:
+        with IPRoute() as node:
+            _add_veth(node, veth, name)
+            host = node.link_lookup(ifname=veth)[0]
+            node.link("set", index=host, master=node.link_lookup(ifname=bridge)[0])
+            node.link("set", index=host, state="up")
+
+    def pod_side() -> None:
+        with IPRoute() as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            ns.addr("add", index=eth0, address=ip, prefixlen=prefixlen)
+            ns.link("set", index=eth0, state="up")
+            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+    in_netns(node_netns, node_side)
+    in_netns(name, pod_side)
 
 
 def _add_veth(ipr: Any, ifname: str, peer_netns: str) -> None:
