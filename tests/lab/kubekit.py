@@ -46,7 +46,9 @@ def root_state() -> dict[str, str]:
     ):
         text = re.sub(r"^# (Generated|Completed) .*$", "", _run(argv), flags=re.M)
         state[name] = re.sub(r"\[\d+:\d+\]", "[]", text)
-    state["nft"] = re.sub(r"counter packets \d+ bytes \d+", "counter", _run(["nft", "list", "ruleset"]))
+    state["nft"] = re.sub(
+        r"counter packets \d+ bytes \d+", "counter", _run(["nft", "list", "ruleset"])
+    )
     state["routes"] = _run(["ip", "route", "show", "table", "all"])
     state["routes6"] = _run(["ip", "-6", "route", "show", "table", "all"])
     state["rules"] = _run(["ip", "rule", "show"])
@@ -63,11 +65,13 @@ def root_state() -> dict[str, str]:
     return state
 
 
-def state_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[list[str], list[str]]]:
+def state_diff(
+    before: dict[str, str], after: dict[str, str]
+) -> dict[str, tuple[list[str], list[str]]]:
     """What changed per part: (lines gone, lines new)."""
     changed = {}
-    for key in before:
-        old, new = set(before[key].splitlines()), set(after[key].splitlines())
+    for key, text in before.items():
+        old, new = set(text.splitlines()), set(after[key].splitlines())
         if old != new:
             changed[key] = (sorted(old - new), sorted(new - old))
     return changed

@@ -11,14 +11,13 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from kubekit import in_netns, root_state, session_objects, state_diff
 
 from pytest_dataplane.providers.lab._session import Session
 from pytest_dataplane.providers.lab.cleanup import remove_session
 from pytest_dataplane.providers.lab.kube.forward import Forwarder
 from pytest_dataplane.providers.lab.kube.plan import KubePlan
 from pytest_dataplane.providers.lab.kube.topology import KubeTopology
-
-from kubekit import in_netns, root_state, session_objects, state_diff
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -101,12 +100,12 @@ def test_forwarder_reaches_the_cp_loopback_from_the_root_namespace(network) -> N
                 assert conn.recv(100).decode().strip() == "from 127.0.0.1"
         # Nothing listens on that port in the root namespace but the forwarder itself: a
         # direct connection to the cp loopback port from here fails.
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", 6443), timeout=2).close()
     finally:
         forwarder.close()
         _stop(server)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", forwarder.port), timeout=2).close()
 
 

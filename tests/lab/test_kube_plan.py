@@ -65,7 +65,7 @@ def test_plan_addresses_fit_together() -> None:
 
 def test_plan_names_carry_the_prefix() -> None:
     p = KubePlan("dpl123456-kube", nodes=2)
-    names = [p.cp_netns, p.client_netns, p.node_netns(0), p.node_netns(1), p.pod_prefix]
+    names = [p.cp_netns, p.client_netns, p.node_netns(0), p.node_netns(1)]
     assert all(n.startswith("dpl123456-kube-") for n in names)
     assert len(set(names)) == len(names)
     assert [p.node_name(0), p.node_name(1)] == ["node-0", "node-1"]
@@ -201,7 +201,7 @@ def test_pki_service_account_pair_and_tokens() -> None:
     assert private.public_key().public_numbers() == public.public_numbers()  # type: ignore[union-attr]
     lines = creds.token_file().splitlines()
     assert len(lines) == 2
-    token, user, uid, groups = lines[0].split(",", 3)
+    token, user, _uid, groups = lines[0].split(",", 3)
     assert token == creds.admin.token
     assert len(token) >= 32
     assert user == "lab-admin"

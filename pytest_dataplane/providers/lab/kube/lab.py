@@ -198,6 +198,10 @@ class KubeLab:
         plan_ = self._require()[0]
         return [plan_.node_name(i) for i in range(plan_.nodes)]
 
+    def agent_netns_prefix(self, node: str) -> str:
+        """What the names of the pod namespaces the agent of ``node`` makes start with."""
+        return f"{self.session.prefix}-pod-{node}-"
+
     @property
     def runs_kube_proxy(self) -> bool:
         return self.dataplane in plan.PROXY_MODES
@@ -423,7 +427,9 @@ class KubeLab:
             "gateway": kube_plan.pod_gateway(index),
             "internal_ip": kube_plan.node_ip(index),
             "pod_cidr": kube_plan.pod_cidr(index),
-            "prefix": kube_plan.prefix,
+            # The agent names pod namespaces "<session prefix>-pod-<node>-...": found by
+            # `cleanup` through the session prefix, and by stop() through agent_netns_prefix.
+            "prefix": self.session.prefix,
             "run_dir": str(files.root / "pods" / name),
         }
         path = files.root / f"node-config-{name}.json"
@@ -511,7 +517,9 @@ class KubeLab:
         if self.cgroup is not None:
             _kill_cgroup(self.cgroup)  # whatever the agents left (pods)
         if self.topology is not None:
-            errors += self.topology.destroy()
+            errors += self.topology.destroy(
+                tuple(self.agent_netns_prefix(name) for name in self.node_names)
+            )
         if self._mounted is not None:
             done = _proc.run(["umount", str(self._mounted)], check=False)
             if done.returncode != 0:

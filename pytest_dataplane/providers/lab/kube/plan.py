@@ -82,6 +82,7 @@ class KubePlan:
     prefix: str
     block: int = 0
     nodes: int = 1
+    node_prefix: str = "node"  # Node names: <node_prefix>-<index>
 
     def __post_init__(self) -> None:
         if not 0 <= self.block <= MAX_BLOCK:
@@ -103,12 +104,7 @@ class KubePlan:
 
     def node_name(self, index: int) -> str:
         """The Node object's name."""
-        return f"node-{self._node(index)}"
-
-    @property
-    def pod_prefix(self) -> str:
-        """What every pod namespace's name starts with (the agent's namespaces)."""
-        return f"{self.prefix}-pod"
+        return f"{self.node_prefix}-{self._node(index)}"
 
     # ------------------------------------------------------------------ addresses
 

@@ -114,13 +114,13 @@ class KubeTopology:
             else:
                 ipr.route("add", dst=plan.client_cidr, gateway=plan.node_ip(0))
 
-    def destroy(self) -> list[str]:
-        """Remove every namespace whose name starts with the cluster's prefix (the agent's
-        pod namespaces too); returns the errors met."""
+    def destroy(self, extra_prefixes: tuple[str, ...] = ()) -> list[str]:
+        """Remove every namespace whose name starts with the cluster's prefix or one of
+        ``extra_prefixes`` (the agents' pod namespaces); returns the errors met."""
         errors = []
-        prefix = f"{self.plan.prefix}-"
+        prefixes = (f"{self.plan.prefix}-", *extra_prefixes)
         try:
-            names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+            names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefixes))
         except FileNotFoundError:
             names = []
         # Pods first, then clients and nodes, the control plane last.
