@@ -475,6 +475,12 @@ def assert_kube_rules_at_most(cluster_or_count: Any, n: int) -> Verdict:
     and nft backends) containing ``KUBE-``, plus the lines of the ``kube-proxy`` nftables
     table, summed over nodes. ``cluster_or_count`` is a cluster, a RuleCount or an int; the
     failure message shows the breakdown by node, backend and table and the largest chains.
+
+    Only what the dataplane wrote counts: on nodes that run a kubelet (kind, existing
+    clusters), the lines of kubelet's own chains (``KUBE-FIREWALL`` with its DROP rule,
+    ``KUBE-KUBELET-CANARY`` and the jumps to them, about six per node whatever the dataplane)
+    are excluded by name, not by subtracting a baseline taken after the cluster was created,
+    and shown apart in the breakdown (``RuleCount.kubelet_parts``).
     """
     __tracebackhide__ = True
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:

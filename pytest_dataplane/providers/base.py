@@ -80,7 +80,10 @@ class RuleCount:
 
     ``total`` is the number of ``iptables-save`` lines (nat and filter, legacy and nft
     backends) containing ``KUBE-``, plus the lines of the ``kube-proxy`` nftables table, summed
-    over nodes. ``parts`` breaks it down; ``largest_chains`` names the longest chains
+    over nodes: the lines the dataplane wrote. The lines of kubelet's own chains
+    (``KUBE-FIREWALL``, ``KUBE-KUBELET-CANARY`` and the jumps to them, which every node carries
+    whatever the dataplane) are left out of ``total`` and listed in ``kubelet_parts``.
+    ``parts`` breaks the total down; ``largest_chains`` names the longest chains
     (``(chain, rules)``); ``service_map_entries`` is the size of an eBPF service map where the
     dataplane has one (it is not part of ``total``).
     """
@@ -89,15 +92,28 @@ class RuleCount:
     parts: tuple[RuleCountPart, ...] = ()
     largest_chains: tuple[tuple[str, int], ...] = ()
     service_map_entries: int | None = None
+    kubelet_parts: tuple[RuleCountPart, ...] = ()
 
     def __int__(self) -> int:
         return self.total
+
+    @property
+    def kubelet_lines(self) -> int:
+        """Lines of kubelet's own chains, summed over nodes (not part of ``total``)."""
+        return sum(p.lines for p in self.kubelet_parts)
 
     def describe(self) -> str:
         """A multi-line breakdown for failure messages."""
         lines = [f"{self.total:,} KUBE- rule lines in total"]
         for part in self.parts:
             lines.append(f"  {part.node} {part.backend} {part.table}: {part.lines:,}")
+        if self.kubelet_parts:
+            lines.append(
+                f"  kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY; not counted): "
+                f"{self.kubelet_lines:,}"
+            )
+            for part in self.kubelet_parts:
+                lines.append(f"    {part.node} {part.backend} {part.table}: {part.lines:,}")
         if self.service_map_entries is not None:
             lines.append(f"  eBPF service map entries (not counted): {self.service_map_entries:,}")
         if self.largest_chains:
@@ -112,6 +128,8 @@ class RuleCount:
             "parts": [vars(p) for p in self.parts],
             "largest_chains": [list(c) for c in self.largest_chains],
             "service_map_entries": self.service_map_entries,
+            "kubelet_lines": self.kubelet_lines,
+            "kubelet_parts": [vars(p) for p in self.kubelet_parts],
         }
 
 

@@ -14,12 +14,19 @@ from typing import Final, Protocol
 
 from ...errors import DataplaneError
 from ..base import RuleCountPart
-from ..rules import count_iptables_save, count_nft_table, iptables_chain_sizes, nft_chain_sizes
+from ..rules import (
+    count_iptables_save,
+    count_nft_table,
+    iptables_chain_sizes,
+    kubelet_iptables_save,
+    nft_chain_sizes,
+)
 
 __all__ = [
     "DUMP_SCRIPT",
     "DockerNodes",
     "NodeAccess",
+    "kubelet_from_dump",
     "rules_from_dump",
     "split_sections",
 ]
@@ -69,7 +76,8 @@ def split_sections(text: str) -> dict[str, str]:
 
 def rules_from_dump(node: str, text: str) -> tuple[list[RuleCountPart], Counter[str]]:
     """Rule-count parts and chain sizes of one node's :data:`DUMP_SCRIPT` output, counted by
-    the same parsers as the lab's."""
+    the same parsers as the lab's, kubelet's own chains left out (these nodes run a kubelet;
+    :func:`kubelet_from_dump` returns its lines)."""
     parts: list[RuleCountPart] = []
     chains: Counter[str] = Counter()
     for tool, output in split_sections(text).items():
@@ -77,9 +85,21 @@ def rules_from_dump(node: str, text: str) -> tuple[list[RuleCountPart], Counter[
             parts += count_nft_table(output, node=node)
             chains.update(nft_chain_sizes(output))
         elif tool in _BACKENDS:
-            parts += count_iptables_save(output, node=node, backend=_BACKENDS[tool])
-            chains.update(iptables_chain_sizes(output))
+            parts += count_iptables_save(
+                output, node=node, backend=_BACKENDS[tool], exclude_kubelet=True
+            )
+            chains.update(iptables_chain_sizes(output, exclude_kubelet=True))
     return parts, chains
+
+
+def kubelet_from_dump(node: str, text: str) -> list[RuleCountPart]:
+    """The lines of kubelet's own chains in one node's :data:`DUMP_SCRIPT` output (what
+    :func:`rules_from_dump` leaves out of the count), per backend and table."""
+    parts: list[RuleCountPart] = []
+    for tool, output in split_sections(text).items():
+        if tool in _BACKENDS:
+            parts += kubelet_iptables_save(output, node=node, backend=_BACKENDS[tool])
+    return parts
 
 
 def merge_chains(per_node: Mapping[str, Counter[str]]) -> Counter[str]:

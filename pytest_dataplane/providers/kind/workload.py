@@ -50,7 +50,7 @@ from .metrics import (
     parse_cgroup_read,
     parse_histogram,
 )
-from .nodes import DUMP_SCRIPT, NodeAccess, merge_chains, rules_from_dump
+from .nodes import DUMP_SCRIPT, NodeAccess, kubelet_from_dump, merge_chains, rules_from_dump
 from .probe import Probe, Prober, fetch_hostname
 from .watch import EndpointTracker, SliceWatcher
 
@@ -595,10 +595,13 @@ class KubeCluster:
     def rule_count(self) -> RuleCount:
         nodes = self._require_nodes("counting rules")
         parts: list[RuleCountPart] = []
+        kubelet: list[RuleCountPart] = []
         chains: dict[str, Counter[str]] = {}
         for node in nodes.nodes():
-            node_parts, node_chains = rules_from_dump(node, nodes.run(node, DUMP_SCRIPT))
+            dump = nodes.run(node, DUMP_SCRIPT)
+            node_parts, node_chains = rules_from_dump(node, dump)
             parts += node_parts
+            kubelet += kubelet_from_dump(node, dump)
             chains[node] = node_chains
         service_map: int | None = None
         if self.name == "ebpf" and self.dataplane_pods.cli:
@@ -617,7 +620,9 @@ class KubeCluster:
                         f"failed ({done.returncode}): {done.stderr.strip()[:500]}"
                     )
                 service_map += parse_lb_list(done.stdout).entries
-        return summarize(parts, merge_chains(chains), service_map_entries=service_map)
+        return summarize(
+            parts, merge_chains(chains), service_map_entries=service_map, kubelet_parts=kubelet
+        )
 
     def _read_histograms(self) -> dict[str, dict[float, float]]:
         nodes = self.node_access
