@@ -96,7 +96,6 @@ def test_the_story_rolls_v2_out_behind_the_cluster_ip(iptables_lab: KubeLab) -> 
     kubectl(lab, "create", "deployment", "backend", "--image=backend:v1", "--replicas=3")
     kubectl(lab, "expose", "deployment", "backend", "--port=80")
     kubectl(lab, "scale", "deploy/backend", "--replicas=6")
-    kubectl(lab, "rollout", "status", "deploy/backend", "-w", timeout=ROLLOUT_TIMEOUT)
     kubectl(lab, "set", "image", "deploy/backend", "backend=backend:v2")
     kubectl(lab, "rollout", "status", "deploy/backend", "-w", timeout=ROLLOUT_TIMEOUT)
 

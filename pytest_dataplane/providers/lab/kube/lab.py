@@ -420,21 +420,25 @@ class KubeLab:
     def _spawn_agent(self, index: int) -> Process:
         kube_plan, files = self._require()
         name = kube_plan.node_name(index)
-        config = {
-            "name": name,
-            "netns": kube_plan.node_netns(index),
-            "bridge": POD_BRIDGE,
-            "gateway": kube_plan.pod_gateway(index),
-            "internal_ip": kube_plan.node_ip(index),
-            "pod_cidr": kube_plan.pod_cidr(index),
+        from dataclasses import asdict
+
+        from .agent import NodeConfig  # validates the values before the agent sees them
+
+        config = NodeConfig(
+            name=name,
+            netns=kube_plan.node_netns(index),
+            bridge=POD_BRIDGE,
+            gateway=kube_plan.pod_gateway(index),
+            internal_ip=kube_plan.node_ip(index),
+            pod_cidr=kube_plan.pod_cidr(index),
             # The agent names pod namespaces "<session prefix>-pod-<node>-...": found by
             # `cleanup` through the session prefix, and by stop() through agent_netns_prefix.
-            "prefix": self.session.prefix,
-            "run_dir": str(files.root / "pods" / name),
-        }
+            prefix=self.session.prefix,
+            run_dir=str(files.root / "pods" / name),
+        )
         path = files.root / f"node-config-{name}.json"
-        path.write_text(json.dumps(config, indent=2))
-        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(config), indent=2))
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         argv = plan.agent_argv(sys.executable, files.components_kubeconfig, path)
         process = Process(
             f"agent-{name}",
