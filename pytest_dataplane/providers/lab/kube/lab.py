@@ -315,7 +315,8 @@ class KubeLab:
             apiserver = self._spawn(
                 "kube-apiserver", plan.apiserver_args(kube_plan, files), kube_plan.cp_netns
             )
-            etcd.wait_until(
+            self._wait(
+                etcd,
                 lambda: (
                     probe.get_json(
                         kube_plan.cp_netns, f"http://127.0.0.1:{plan.ETCD_CLIENT_PORT}/health"
@@ -326,8 +327,11 @@ class KubeLab:
                 what="healthy",
             )
             self.timings["etcd"] = time.monotonic() - etcd.started_at
-            self.timings["apiserver"] = apiserver.wait_until(
-                lambda: self._api_ok("/readyz"), timeout=self.boot_timeout, what="ready (/readyz)"
+            self.timings["apiserver"] = self._wait(
+                apiserver,
+                lambda: self._api_ok("/readyz"),
+                timeout=self.boot_timeout,
+                what="ready (/readyz)",
             )
 
         self._progress("starting controller-manager, scheduler and node agents")
@@ -342,7 +346,8 @@ class KubeLab:
             proxies: list[Process] = []
             for index, agent in enumerate(agents):
                 name = kube_plan.node_name(index)
-                agent.wait_until(
+                self._wait(
+                    agent,
                     lambda n=name: self._api_ok(f"/api/v1/nodes/{n}"),  # type: ignore[misc]
                     timeout=self.boot_timeout,
                     what=f"registered (Node {name})",
@@ -361,7 +366,8 @@ class KubeLab:
                             raw=True,
                         )
                     )
-            cm.wait_until(
+            self._wait(
+                cm,
                 lambda: probe.ok(
                     kube_plan.cp_netns,
                     f"https://127.0.0.1:{plan.CONTROLLER_MANAGER_PORT}/healthz",
@@ -369,7 +375,8 @@ class KubeLab:
                 timeout=self.boot_timeout,
                 what="healthy (/healthz)",
             )
-            scheduler.wait_until(
+            self._wait(
+                scheduler,
                 lambda: probe.ok(
                     kube_plan.cp_netns, f"https://127.0.0.1:{plan.SCHEDULER_PORT}/healthz"
                 ),
@@ -378,13 +385,15 @@ class KubeLab:
             )
             for index, agent in enumerate(agents):
                 name = kube_plan.node_name(index)
-                agent.wait_until(
+                self._wait(
+                    agent,
                     lambda n=name: self._node_ready(n),  # type: ignore[misc]
                     timeout=self.boot_timeout,
                     what=f"Ready (Node {name})",
                 )
             for index, proxy in enumerate(proxies):
-                proxy.wait_until(
+                self._wait(
+                    proxy,
                     lambda i=index: self.proxy_synced(i),  # type: ignore[misc]
                     timeout=self.boot_timeout,
                     what="synced (kubeproxy_sync_proxy_rules_last_timestamp_seconds)",
@@ -395,6 +404,24 @@ class KubeLab:
                 "this cluster comes with issue 14, so ClusterIPs are not served yet"
             )
         self.forwarder.start()
+
+    def _wait(
+        self, process: Process, condition: Callable[[], bool], *, timeout: float, what: str
+    ) -> float:
+        """``process.wait_until(condition)``, failing at once if any component has exited."""
+
+        def check() -> bool:
+            for other in self.processes.values():
+                status = other.exited()
+                if status is not None and other is not process:
+                    raise DataplaneError(
+                        f"{other.name} exited with status {status} while waiting for "
+                        f"{process.name} to be {what}; log {other.log_path}, last lines:\n"
+                        f"{other.tail()}"
+                    )
+            return condition()
+
+        return process.wait_until(check, timeout=timeout, what=what)
 
     def _spawn(self, name: str, args: list[str], netns: str, *, raw: bool = False) -> Process:
         """Start component ``name`` (``args`` are its flags, or its whole argv if ``raw``)."""
