@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +557,455 @@ def test_lease_body_is_owned_by_the_node_and_renewed_with_micro_time() -> None:
     # MicroTime always carries six fractional digits (the API server parses it strictly).
     assert lease["spec"]["renewTime"].endswith(".250000Z")
     assert lease_body("node-0", None, wall=T0)["spec"]["renewTime"].endswith(".000000Z")
+
+
+# ====================================================================== for real
+#
+# A lab cluster (the control plane's KubeLab) whose node agent runs the pods. Waits are on
+# watch events and readiness, never on sleeps.
+
+WAIT = 90.0
+
+
+class Waitable:
+    """Something that records as it goes; tests wait on a condition variable that each new
+    record wakes, never on sleeps."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_until(self, found: Callable[[], Any], what: str) -> Any:
+        """Block until ``found()`` is true (returning it); fail after WAIT seconds."""
+        deadline = time.monotonic() + WAIT
+        with self._changed:
+            while not (value := found()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"not {what} after {WAIT:g} s")
+                self._changed.wait(left)
+        return value
+
+
+class Recorder(Waitable):
+    """Watch events of one kind of object, with the monotonic time each arrived (one API
+    client for the watch, as STYLE.md asks)."""
+
+    def __init__(self, kubeconfig: Path, list_function: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        from kubernetes import client, config
+
+        new_client: Any = config.new_client_from_config
+        api_client = new_client(config_file=str(kubeconfig))
+        api: Any = (
+            client.CoordinationV1Api(api_client)
+            if "lease" in list_function
+            else client.CoreV1Api(api_client)
+        )
+        self._list = getattr(api, list_function)
+        self._args, self._kwargs = args, kwargs
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        watch_class: Any = watch.Watch
+        stream = watch_class()
+        while not self._stop.is_set():
+            for event in stream.stream(self._list, *self._args, timeout_seconds=60, **self._kwargs):
+                with self._changed:
+                    self.events.append((time.monotonic(), event["type"], event["raw_object"]))
+                    self._changed.notify_all()
+                if self._stop.is_set():
+                    return
+
+    def wait(
+        self, found: Callable[[list[tuple[float, str, dict[str, Any]]]], Any], what: str
+    ) -> Any:
+        """Block until ``found(events)`` is true (returning it); fail after WAIT seconds."""
+        return self.wait_until(lambda: found(self.events), what)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _latest(events: list[tuple[float, str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    pods: dict[str, dict[str, Any]] = {}
+    for _, kind, pod in events:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED":
+            pods.pop(name, None)
+        else:
+            pods[name] = pod
+    return pods
+
+
+def _get(url_ip: str, netns: str) -> dict[str, str]:
+    """One HTTP request from ``netns`` to ``url_ip``:80: the answer's X- headers and body."""
+    code = (
+        "import http.client, json, sys\n"
+        "c = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)\n"
+        "c.request('GET', '/'); r = c.getresponse(); body = r.read().decode()\n"
+        "out = {k: v for k, v in r.getheaders() if k.startswith('X-')}\n"
+        "out['body'] = body.strip(); print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", code, url_ip],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+PROBER = r"""
+import socket, sys, time
+ip = sys.argv[1]
+while True:
+    started = time.monotonic()
+    try:
+        with socket.create_connection((ip, 80), timeout=0.5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        result = "ok" if data.startswith(b"HTTP/1.1 200") else "bad"
+    except OSError as exc:
+        result = type(exc).__name__
+    print(f"{started:.6f} {result}", flush=True)
+    time.sleep(0.02)  # the probing rate, not a wait for anything
+"""
+
+
+class Prober(Waitable):
+    """Requests to one pod, a new connection each, from the node namespace: (time, result)."""
+
+    def __init__(self, netns: str, ip: str) -> None:
+        super().__init__()
+        self.results: list[tuple[float, str]] = []
+        self._process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", PROBER, ip],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            stamp, result = line.split()
+            self.results.append((float(stamp), result))
+            self._notify()
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait()
+        self._thread.join()
+
+
+def kubectl(lab: Any, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        [*lab.kubectl(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Any]:
+    from kubekit import binaries_or_skip
+
+    from pytest_dataplane.providers.lab.kube.lab import KubeLab
+
+    binaries_or_skip()
+    with KubeLab(dataplane="iptables", progress=lambda m: print(f"lab: {m}")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def namespace(lab: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
+    kubectl(lab, "create", "namespace", name)
+    yield name
+    kubectl(lab, "delete", "namespace", name, "--wait=false")
+
+
+def _pod_manifest(name: str, namespace: str, **spec: Any) -> str:
+    container = {"name": "backend", "image": spec.pop("image", "backend:v1")}
+    container.update(spec.pop("container", {}))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {"containers": [container], **spec},
+    }
+    return json.dumps(pod)
+
+
+def test_a_deployment_runs_ready_pods_on_the_node(
+    lab: Any, namespace: str, record_property: Callable[[str, object], None]
+) -> None:
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    try:
+        kubectl(
+            lab,
+            "-n",
+            namespace,
+            "create",
+            "deployment",
+            "backend",
+            "--image=backend:v2",
+            "--replicas=3",
+        )
+        ready = pods.wait(
+            lambda ev: (
+                [p for p in _latest(ev).values() if _ready(p)]
+                if sum(_ready(p) for p in _latest(ev).values()) == 3
+                else None
+            ),
+            "3 pods Ready",
+        )
+        # Start latency: from the pod's first watch event (created) to its Ready event.
+        latencies = []
+        for pod in ready:
+            name = pod["metadata"]["name"]
+            seen = [t for t, _, p in pods.events if p["metadata"]["name"] == name]
+            became_ready = min(
+                t for t, _, p in pods.events if p["metadata"]["name"] == name and _ready(p)
+            )
+            latencies.append(became_ready - seen[0])
+        median = statistics.median(latencies)
+        record_property("pod_start_to_ready_median_s", round(median, 3))
+        print(f"pod start to Ready: {sorted(round(x, 3) for x in latencies)} s")
+    finally:
+        pods.close()
+    cidr = ipaddress.ip_network(lab.plan.pod_cidr(0))
+    node_netns = lab.node_netns(0)
+    for pod in ready:
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        assert ipaddress.ip_address(status["podIP"]) in cidr
+        assert status["podIPs"] == [{"ip": status["podIP"]}]
+        assert status["hostIP"] == lab.plan.node_ip(0)
+        kinds = {c["type"]: c["status"] for c in status["conditions"]}
+        assert {k: kinds[k] for k in ("PodScheduled", "Initialized", "ContainersReady")} == {
+            "PodScheduled": "True",
+            "Initialized": "True",
+            "ContainersReady": "True",
+        }
+        [container] = status["containerStatuses"]
+        assert container["ready"] and "running" in container["state"]
+        assert container["restartCount"] == 0
+        answer = _get(status["podIP"], node_netns)
+        assert answer["X-Version"] == "v2"
+        assert answer["X-Pod"] == answer["body"] == pod["metadata"]["name"]
+        netns = f"{lab.agent_netns_prefix('node-0')}{pod['metadata']['name']}-"
+        assert any(n.startswith(netns) for n in os.listdir("/run/netns")), netns
+    assert len({p["status"]["podIP"] for p in ready}) == 3
+
+
+def test_a_deleted_pod_serves_through_its_grace_then_goes(lab: Any, namespace: str) -> None:
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    prober = None
+    try:
+        kubectl(lab, "apply", "-f", "-", stdin=_pod_manifest("web", namespace))
+        pod = pods.wait(
+            lambda ev: _latest(ev).get("web") if _ready(_latest(ev).get("web") or {}) else None,
+            "web Ready",
+        )
+        ip = pod["status"]["podIP"]
+        uid = pod["metadata"]["uid"]
+        netns = lab.session.prefix + f"-pod-node-0-web-{uid[:8]}"
+        assert os.path.exists(f"/run/netns/{netns}")
+        prober = Prober(lab.node_netns(0), ip)
+        prober.wait_until(lambda: any(r == "ok" for _, r in prober.results), "an answer")
+        kubectl(lab, "-n", namespace, "delete", "pod", "web", "--grace-period=2", "--wait=false")
+        deleting = pods.wait(
+            lambda ev: next((t for t, k, p in ev if p["metadata"].get("deletionTimestamp")), None),
+            "the deletion seen",
+        )
+        gone = pods.wait(lambda ev: next((t for t, k, _ in ev if k == "DELETED"), None), "web gone")
+        # The namespace went before the Pod object did (the agent deletes the Pod last).
+        assert not os.path.exists(f"/run/netns/{netns}")
+        final = [p for _, k, p in pods.events if k == "DELETED"][-1]
+        assert final["status"]["phase"] == "Succeeded"
+        [container] = final["status"]["containerStatuses"]
+        assert container["state"]["terminated"]["exitCode"] == 0  # SIGTERM: a clean stop
+        # One more answer (a refusal or a timeout) from after the pod was gone.
+        prober.wait_until(lambda: any(t > gone for t, _ in prober.results), "a probe after")
+    finally:
+        pods.close()
+        if prober is not None:
+            prober.close()
+    results = prober.results
+    served_after = [t for t, r in results if r == "ok" and t > deleting]
+    # It kept answering after its deletion was seen, stopped before the Pod was gone, and
+    # nothing answered after that.
+    assert served_after, results[-10:]
+    last = max(served_after)
+    assert last < gone
+    after = [r for t, r in results if t > last]
+    assert after and "ok" not in after, results[-10:]
+    print(f"served {last - deleting:.2f} s after the deletion (grace 2 s); then {after[:3]}")
+
+
+def test_a_prestop_sleep_holds_the_pod_then_it_stops(lab: Any, namespace: str) -> None:
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    try:
+        manifest = _pod_manifest(
+            "hooked",
+            namespace,
+            terminationGracePeriodSeconds=60,
+            container={"lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}}},
+        )
+        kubectl(lab, "apply", "-f", "-", stdin=manifest)
+        pods.wait(lambda ev: _ready(_latest(ev).get("hooked") or {}), "hooked Ready")
+        kubectl(lab, "-n", namespace, "delete", "pod", "hooked", "--wait=false")
+        deleting = pods.wait(
+            lambda ev: next((t for t, k, p in ev if p["metadata"].get("deletionTimestamp")), None),
+            "the deletion seen",
+        )
+        # Gone after the hook and a clean stop, within the wait: long before its 60 s grace.
+        gone = pods.wait(lambda ev: next((t for t, k, _ in ev if k == "DELETED"), None), "gone")
+        final = [p for _, k, p in pods.events if k == "DELETED"][-1]
+        assert final["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+        print(f"preStop sleep 1: removed {gone - deleting:.2f} s after the deletion")
+    finally:
+        pods.close()
+
+
+def test_an_unknown_image_fails_with_a_reason(lab: Any, namespace: str) -> None:
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    try:
+        kubectl(
+            lab, "apply", "-f", "-", stdin=_pod_manifest("nginx", namespace, image="nginx:1.27")
+        )
+
+        def waiting(ev: list[tuple[float, str, dict[str, Any]]]) -> dict[str, Any] | None:
+            pod = _latest(ev).get("nginx") or {}
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                if (
+                    "waiting" in status["state"]
+                    and status["state"]["waiting"]["reason"] != "ContainerCreating"
+                ):
+                    return status["state"]["waiting"]  # type: ignore[no-any-return]
+            return None
+
+        state = pods.wait(waiting, "a waiting reason")
+    finally:
+        pods.close()
+    assert state["reason"] == "ErrImagePull"
+    assert "'nginx:1.27' is not a lab image" in state["message"]
+    assert "backend:<version>" in state["message"]
+
+
+def test_a_crashed_backend_restarts_and_counts(lab: Any, namespace: str) -> None:
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    try:
+        kubectl(lab, "apply", "-f", "-", stdin=_pod_manifest("crashy", namespace))
+        pod = pods.wait(
+            lambda ev: (
+                _latest(ev).get("crashy") if _ready(_latest(ev).get("crashy") or {}) else None
+            ),
+            "crashy Ready",
+        )
+        netns = lab.session.prefix + f"-pod-node-0-crashy-{pod['metadata']['uid'][:8]}"
+        pids = subprocess.run(
+            ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(pids) == 1, pids
+        os.kill(int(pids[0]), signal.SIGKILL)
+
+        def restarted(ev: list[tuple[float, str, dict[str, Any]]]) -> dict[str, Any] | None:
+            current = _latest(ev).get("crashy") or {}
+            statuses = (current.get("status") or {}).get("containerStatuses") or [{}]
+            return statuses[0] if statuses[0].get("restartCount") == 1 and _ready(current) else None
+
+        status = pods.wait(restarted, "restarted and Ready again")
+    finally:
+        pods.close()
+    assert status["lastState"]["terminated"]["exitCode"] == 128 + signal.SIGKILL
+    assert status["containerID"] != status["lastState"]["terminated"]["containerID"]
+    assert _get(pod["status"]["podIP"], lab.node_netns(0))["X-Pod"] == "crashy"
+
+
+def test_the_node_is_ready_and_its_lease_renewed(lab: Any) -> None:
+    node = json.loads(kubectl(lab, "get", "node", "node-0", "-o", "json"))
+    assert node["spec"]["podCIDR"] == lab.plan.pod_cidr(0)
+    assert {"type": "InternalIP", "address": lab.plan.node_ip(0)} in node["status"]["addresses"]
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    assert int(node["status"]["allocatable"]["pods"]) > 0
+    leases = Recorder(
+        lab.kubeconfig,
+        "list_namespaced_lease",
+        "kube-node-lease",
+        field_selector="metadata.name=node-0",
+    )
+    try:
+        first = leases.wait(lambda ev: ev[0][2], "the lease listed")
+        renewed = leases.wait(
+            lambda ev: next(
+                (p for _, k, p in ev if p["spec"]["renewTime"] != first["spec"]["renewTime"]),
+                None,
+            ),
+            "the lease renewed",
+        )
+    finally:
+        leases.close()
+    assert renewed["spec"]["holderIdentity"] == "node-0"
+    assert renewed["spec"]["leaseDurationSeconds"] == 40
+    [owner] = renewed["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Node",
+        "node-0",
+        node["metadata"]["uid"],
+    )
+
+
+def test_the_agent_stops_every_pod_on_sigterm(lab: Any, namespace: str) -> None:
+    # Runs last in this module: it stops the node's agent.
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    try:
+        kubectl(
+            lab,
+            "-n",
+            namespace,
+            "create",
+            "deployment",
+            "last",
+            "--image=backend:v1",
+            "--replicas=2",
+        )
+        pods.wait(lambda ev: sum(_ready(p) for p in _latest(ev).values()) == 2, "2 pods Ready")
+    finally:
+        pods.close()
+    prefix = lab.agent_netns_prefix("node-0")
+    assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
+    agent = lab.processes["agent-node-0"]
+    backends = f"pytest_dataplane.providers.lab.backend .* --parent {agent.pid}\\b"
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert len(re.findall(backends, processes.stdout)) == 2
+    agent.signal(signal.SIGTERM)
+    assert agent.popen.wait(timeout=60) == 0, agent.tail()
+    assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert re.findall(backends, processes.stdout) == []

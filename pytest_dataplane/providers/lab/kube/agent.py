@@ -1010,6 +1010,8 @@ class _PodWorker:
         self.netns: str | None = None
         self.ip: str | None = None
         self.start_wall = time.time()
+        self.seen = time.monotonic()  # for the start-up timings in the log
+        self.sandbox_seconds: float | None = None
         self.containers: list[_Container] = []
         self.conditions: dict[str, tuple[bool, float]] = {}
         self.last_status: dict[str, Any] | None = None
@@ -1023,6 +1025,7 @@ class _PodWorker:
         self.api_gone = False  # the Pod object is gone (or the agent is stopping): no API calls
         self.delete_retry_at: float | None = None
         self.passive = False  # an ended pod found at start: never write its status
+        self.warned_images: set[str] = set()
         self.done = False
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.key}", daemon=True)
 
@@ -1066,6 +1069,24 @@ class _PodWorker:
             self.pod = message[1]
             if (self.pod.get("metadata") or {}).get("deletionTimestamp"):
                 self._begin_termination()
+            images = {
+                str(c.get("name")): str(c.get("image") or "")
+                for c in (self.pod.get("spec") or {}).get("containers") or []
+            }
+            for each in self.containers:
+                image = images.get(each.spec_name, each.spec_image)
+                if image != each.spec_image and image not in self.warned_images:
+                    # Deployments roll images with new pods; an image changed in place on a
+                    # running pod is a case the lab does not handle: say so, once.
+                    self.warned_images.add(image)
+                    log.warning(
+                        "pod %s: image of %s changed to %s in place; the lab agent keeps "
+                        "running %s (replace the pod instead)",
+                        self.key,
+                        each.spec_name,
+                        image,
+                        each.spec_image,
+                    )
         elif kind in ("gone", "shutdown"):
             self.api_gone = True
             self._begin_termination(immediate=True)
@@ -1073,6 +1094,13 @@ class _PodWorker:
             container = self._container(message[1], message[2])
             if container is not None and container.process is not None:
                 container.ready = True
+                log.info(
+                    "pod %s: %s ready %.0f ms after the pod was seen (namespace %.0f ms)",
+                    self.key,
+                    container.spec_name,
+                    1000 * (time.monotonic() - self.seen),
+                    1000 * (self.sandbox_seconds or 0.0),
+                )
         elif kind == "exited":
             container = self._container(message[1], message[2])
             if container is not None:
@@ -1157,6 +1185,7 @@ class _PodWorker:
                 gateway=agent.config.gateway,
             )
             self.netns = name
+            self.sandbox_seconds = time.monotonic() - self.seen
             self.sandbox_error = None
             self.sandbox_retry_at = None
         except (OSError, DataplaneError) as exc:
@@ -1268,7 +1297,10 @@ class _PodWorker:
             return  # a later deletion may only shorten the grace period
         if not self.terminating:
             self.deletion_seen = now
-            log.info("pod %s: deleted, grace %g s", self.key, grace)
+            if immediate:
+                log.info("pod %s: stopping now (gone from the API, or the agent stops)", self.key)
+            else:
+                log.info("pod %s: deleted, grace %g s", self.key, grace)
         self.terminating = True
         self.grace = grace
         seen = now if immediate else (self.deletion_seen or now)
