@@ -1,14 +1,22 @@
 """Reading Cilium's load-balancer map from ``cilium-dbg bpf lb list``. Pure.
 
-The format is the one Cilium's CLI prints (``cilium-dbg/cmd/bpf_lb_list.go`` and its
-``TablePrinter`` in the Cilium repository; the table also appears in the ``cilium-dbg bpf lb
-list`` command reference): a header ``SERVICE ADDRESS  BACKEND ADDRESS (REVNAT_ID) (SLOT)``,
-then one row per entry of the services map. The first row of a frontend carries its address
-(``10.96.0.1:443``, with ``/TCP`` and ``/i`` suffixes in newer releases); the following rows
-of the same frontend leave that column blank. Slot 0 is the frontend's master entry
-(``0.0.0.0:0 (1) (0) [ClusterIP, non-routable]``), slots 1..n its backends
-(``10.244.1.5:8080/TCP (1) (1)``). ``-o json`` prints the same data as
-``{frontend: [entry, ...]}``, which :func:`parse_lb_list` also accepts.
+The format is the one Cilium's CLI prints (``cilium-dbg/cmd/bpf_lb_list.go``, before 1.15
+``cilium/cmd/bpf_lb_list.go``, through its ``TablePrinter``): a header ``SERVICE ADDRESS
+BACKEND ADDRESS (REVNAT_ID) (SLOT)``, then one row per entry of the services map. It has
+changed over the releases, and every form below is read:
+
+- 1.14 to 1.18 key each row by frontend *and* slot (``10.96.0.1:443 (0)``; from 1.17 with the
+  protocol, ``10.96.0.1:443/TCP (0)``), one entry per row, rows in map order (a frontend's
+  rows are not adjacent);
+- 1.12 and 1.13 print a frontend once (``10.96.0.1:443``) and its entries on the following
+  rows with that column blank;
+- older releases print no slot at all in the entries (header ``BACKEND ADDRESS``).
+
+An entry is a frontend's master entry (``0.0.0.0:0 (1) (0) [ClusterIP, non-routable]``: slot
+0, or without a slot the wildcard address ``0.0.0.0:0`` / ``[::]:0``), a backend
+(``10.244.1.5:8080/TCP (1) (1)``, slot 1..n, or without a slot any other address), or
+``backend N not found``. ``-o json`` prints the same data as ``{key: [entry, ...]}``, which
+:func:`parse_lb_list` also accepts.
 """
 
 from __future__ import annotations
@@ -21,8 +29,13 @@ from typing import Final
 
 __all__ = ["LbList", "parse_lb_list"]
 
-_ENTRY: Final = re.compile(r"^(?P<address>\S+)\s+\((?P<revnat>\d+)\)\s+\((?P<slot>\d+)\)")
-_KEY_SLOT: Final = re.compile(r"^\(\d+\)\s+(\S.*)$")
+_ENTRY: Final = re.compile(
+    r"^(?P<address>\S+)\s+\((?P<revnat>\d+)\)(?:\s+\((?P<slot>\d+)\))?(?:\s|$)"
+)
+# A table row: the key (frontend, with the slot from 1.14 on), then the entry.
+_ROW: Final = re.compile(r"^(?P<frontend>\S+)(?:\s+\((?P<slot>\d+)\))?\s+(?P<entry>\S.*)$")
+_KEY_SLOT: Final = re.compile(r"\s+\(\d+\)$")
+_MASTER_ADDRESSES: Final = frozenset({"0.0.0.0:0", "[::]:0"})
 _HEADER: Final = "SERVICE ADDRESS"
 
 
@@ -41,6 +54,16 @@ class LbList:
     missing_backends: int = 0
 
 
+def _is_backend(entry: str) -> bool:
+    match = _ENTRY.match(entry)
+    if match is None:
+        raise ValueError(f"cilium bpf lb list: cannot read entry {entry!r}")
+    if match["slot"] is not None:
+        return int(match["slot"]) > 0
+    # Releases that print no slot: the master entry is the wildcard address.
+    return match["address"] not in _MASTER_ADDRESSES
+
+
 def _count(groups: Mapping[str, Sequence[str]]) -> LbList:
     entries = backends = missing = 0
     for rows in groups.values():
@@ -51,13 +74,14 @@ def _count(groups: Mapping[str, Sequence[str]]) -> LbList:
             entries += 1
             if text.startswith("backend ") and text.endswith("not found"):
                 missing += 1
-                continue
-            match = _ENTRY.match(text)
-            if match is None:
-                raise ValueError(f"cilium bpf lb list: cannot read entry {text!r}")
-            if int(match["slot"]) > 0:
+            elif _is_backend(text):
                 backends += 1
     return LbList(len(groups), entries, backends, missing)
+
+
+def _frontend(key: str) -> str:
+    """The frontend a map key belongs to: the key without its `` (slot)`` suffix."""
+    return _KEY_SLOT.sub("", key.strip())
 
 
 def parse_lb_list(text: str) -> LbList:
@@ -68,29 +92,26 @@ def parse_lb_list(text: str) -> LbList:
     stripped = text.strip()
     if not stripped:
         return LbList(0, 0, 0)
+    groups: dict[str, list[str]] = {}
     if stripped.startswith("{"):
         data = json.loads(stripped)
         if not isinstance(data, dict):
             raise ValueError("cilium bpf lb list -o json: expected an object of lists")
-        return _count({str(k): [str(v) for v in values] for k, values in data.items()})
-    groups: dict[str, list[str]] = {}
+        for key, values in data.items():
+            groups.setdefault(_frontend(str(key)), []).extend(str(v) for v in values)
+        return _count(groups)
     current: str | None = None
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        if line.startswith(_HEADER):
+        if not line.strip() or line.startswith(_HEADER):
             continue
         if line[0].isspace():
             if current is None:
                 raise ValueError(f"cilium bpf lb list: entry before any frontend: {line!r}")
             groups[current].append(line.strip())
             continue
-        frontend, _, rest = line.partition(" ")
-        # Some releases print the key's slot after the address: "10.96.0.1:443/TCP (0)".
-        rest = rest.strip()
-        keyed_slot = _KEY_SLOT.match(rest)
-        if keyed_slot:
-            rest = keyed_slot.group(1)
-        current = frontend
-        groups.setdefault(current, []).append(rest)
+        row = _ROW.match(line.rstrip())
+        if row is None:
+            raise ValueError(f"cilium bpf lb list: cannot read row {line!r}")
+        current = row["frontend"]
+        groups.setdefault(current, []).append(row["entry"])
     return _count(groups)
