@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kindkit import Backends, Controllers
 
-from pytest_dataplane.errors import DataplaneError
+from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
 from pytest_dataplane.providers.kind import k8s
 from pytest_dataplane.providers.kind.api import ExecResult
 from pytest_dataplane.providers.kind.metrics import PROGRAMMING_METRIC
@@ -35,8 +35,9 @@ class FakeNodes:
     """Nodes that answer the scripts the way kind nodes do: recorded lab dumps, a growing
     histogram, and cgroup counters that grow by 0.05 s per read."""
 
-    def __init__(self, *, metrics: bool = True) -> None:
+    def __init__(self, *, metrics: bool = True, cgroups: bool = True) -> None:
         self.metrics = metrics
+        self.cgroups = cgroups  # False: no cgroup with a CPU counter (find prints nothing)
         self.scripts: list[tuple[str, str]] = []
         self.observations = 0
         self.cpu = dict.fromkeys(IDS, 1.0)
@@ -61,7 +62,7 @@ class FakeNodes:
                     f'{PROGRAMMING_METRIC}_bucket{{le="+Inf"}} {fast}\n'
                 )
             if "find /sys/fs/cgroup" in script:
-                return f"{IDS[node]} /sys/fs/cgroup/kubepods/{IDS[node]}\n"
+                return f"{IDS[node]} /sys/fs/cgroup/kubepods/{IDS[node]}\n" if self.cgroups else ""
             if "usage_usec" in script:
                 self.cpu[node] += 0.05
                 return (
@@ -354,6 +355,26 @@ def test_cpu_seconds_attributes_to_changes(
     assert usage.total > 0
     assert sum(usage.per_change) <= usage.total + 1e-9
     assert usage.detail["samples"] >= 2
+
+
+def test_cpu_without_a_counter_is_unavailable_not_zero(backends: Backends) -> None:
+    nodes = FakeNodes(cgroups=False)
+    cluster, api, _ = make_cluster(backends, nodes=nodes)
+    try:
+        with pytest.raises(
+            DataplaneUnavailable, match="the dataplane's CPU cannot be read"
+        ) as info:
+            cluster.cpu_seconds()
+        for node, cid in IDS.items():
+            assert f"{node}: no cgroup of container {cid[:12]} under /sys/fs/cgroup" in str(
+                info.value
+            )
+        # No pods of the dataplane at all: also unavailable, never an idle zero.
+        api.objects = {k: v for k, v in api.objects.items() if k[1] != "Pod"}
+        with pytest.raises(DataplaneUnavailable, match="no running kube-proxy container found"):
+            cluster.cpu_seconds()
+    finally:
+        cluster.close()
 
 
 def test_apply_manifests(

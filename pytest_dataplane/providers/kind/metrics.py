@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CGROUP_ROOT",
     "PROGRAMMING_METRIC",
     "CpuAttribution",
     "attribute_cpu",
     "cgroup_find_script",
     "cgroup_read_script",
     "container_id",
+    "cpu_unavailable_reason",
     "diff_histogram",
     "histogram_samples",
     "metrics_script",
@@ -96,18 +98,32 @@ def container_id(container_status_id: str) -> str:
     return container_status_id.rpartition("://")[2]
 
 
-def cgroup_find_script(ids: Sequence[str]) -> str:
-    """Shell run on a node: for each container id, the cgroup directory holding its CPU
-    counter (``ID PATH`` lines), on cgroup v2 (``cpu.stat``) or v1 (``cpuacct.usage``)."""
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+# The shell test for "this directory holds a CPU-time counter". cgroup v2's cpu.stat always
+# starts with usage_usec (kernel/cgroup/rstat.c); cgroup v1 has the time in the cpuacct
+# controller's cpuacct.usage (nanoseconds, kernel/sched/cpuacct.c). A v1 *cpu* controller
+# directory has a cpu.stat too, but only throttling counters (nr_periods, nr_throttled,
+# throttled_time: kernel/sched/core.c), so the name alone says nothing.
+_HAS_V2_COUNTER: Final = "grep -qs '^usage_usec ' {d}/cpu.stat"
+_HAS_V1_COUNTER: Final = "[ -f {d}/cpuacct.usage ]"
+
+
+def cgroup_find_script(ids: Sequence[str], *, root: str = CGROUP_ROOT) -> str:
+    """Shell run on a node: for each container id, a cgroup directory that holds its CPU
+    counter (``ID PATH`` lines): cgroup v2 (``cpu.stat`` with ``usage_usec``) or v1
+    (``cpuacct.usage``), on unified, hybrid and legacy hierarchies alike. An id with no such
+    directory prints nothing (see :func:`cpu_unavailable_reason`)."""
     for cid in ids:
         if not re.fullmatch(r"[0-9a-f]{12,64}", cid):
             raise ValueError(f"container id: {cid!r} is not a hex container id")
+    base = shlex.quote(root)
+    v2 = _HAS_V2_COUNTER.format(d='"$d"')
+    v1 = _HAS_V1_COUNTER.format(d='"$d"')
     lines = []
     for cid in ids:
         lines.append(
-            f"for d in $(find /sys/fs/cgroup -type d -name '*{cid}*' 2>/dev/null); do "
-            'if [ -f "$d/cpu.stat" ] || [ -f "$d/cpuacct.usage" ]; then '
-            f'echo "{cid} $d"; break; fi; done'
+            f"for d in $(find {base} -type d -name '*{cid}*' 2>/dev/null); do "
+            f'if {v2} || {v1}; then echo "{cid} $d"; break; fi; done'
         )
     return "; ".join(lines) + "; true"
 
@@ -122,17 +138,27 @@ def parse_cgroup_find(text: str) -> dict[str, str]:
     return found
 
 
+def cpu_unavailable_reason(node: str, cid: str, *, root: str = CGROUP_ROOT) -> str:
+    """Why a container's CPU cannot be read: no cgroup directory with a counter found."""
+    return (
+        f"{node}: no cgroup of container {cid[:12]} under {root} holds a CPU-time counter "
+        "(cgroup v2 cpu.stat with usage_usec, or cgroup v1 cpuacct.usage)"
+    )
+
+
 def cgroup_read_script(paths: Sequence[str]) -> str:
-    """Shell run on a node: each directory's CPU counter, ``PATH usage_usec N`` (v2) or
-    ``PATH usage_ns N`` (v1)."""
+    """Shell run on a node: each directory's CPU counter, ``PATH usage_usec N`` (v2),
+    ``PATH usage_ns N`` (v1), ``PATH missing`` (the cgroup is gone: the container ended) or
+    ``PATH unreadable`` (the directory exists without a counter)."""
     lines = []
     for path in paths:
         quoted = shlex.quote(path)
         lines.append(
-            f"if [ -f {quoted}/cpu.stat ]; then "
+            f"if {_HAS_V2_COUNTER.format(d=quoted)}; then "
             f"echo {quoted} $(grep '^usage_usec ' {quoted}/cpu.stat); "
-            f"elif [ -f {quoted}/cpuacct.usage ]; then "
+            f"elif {_HAS_V1_COUNTER.format(d=quoted)}; then "
             f"echo {quoted} usage_ns $(cat {quoted}/cpuacct.usage); "
+            f"elif [ -d {quoted} ]; then echo {quoted} unreadable; "
             f"else echo {quoted} missing; fi"
         )
     return "; ".join(lines)
@@ -140,7 +166,11 @@ def cgroup_read_script(paths: Sequence[str]) -> str:
 
 def parse_cgroup_read(text: str) -> dict[str, float | None]:
     """``{cgroup directory: CPU seconds, or None if it is gone}`` from
-    :func:`cgroup_read_script` output."""
+    :func:`cgroup_read_script` output.
+
+    A directory that exists without a counter raises ValueError naming it: reading it as
+    zero would hide the dataplane's CPU.
+    """
     result: dict[str, float | None] = {}
     for line in text.splitlines():
         parts = line.split()
@@ -150,6 +180,11 @@ def parse_cgroup_read(text: str) -> dict[str, float | None]:
             result[parts[0]] = int(parts[2]) / 1e9
         elif len(parts) >= 2 and parts[1] == "missing":
             result[parts[0]] = None
+        elif len(parts) >= 2 and parts[1] == "unreadable":
+            raise ValueError(
+                f"cgroup {parts[0]}: neither cpu.stat with usage_usec (cgroup v2) nor "
+                "cpuacct.usage (cgroup v1); its CPU time cannot be read"
+            )
     return result
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ...config import ServiceTime, parse_duration
-from ...errors import DataplaneError
+from ...errors import DataplaneError, DataplaneUnavailable
 from ...events import Event, now
 from ..base import (
     CpuUsage,
@@ -43,6 +43,7 @@ from .metrics import (
     cgroup_find_script,
     cgroup_read_script,
     container_id,
+    cpu_unavailable_reason,
     diff_histogram,
     histogram_samples,
     metrics_script,
@@ -197,6 +198,7 @@ class _CpuSampler:
     errors: list[str] = field(default_factory=list)
     _paths: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> id -> cgroup
     _last: dict[str, float] = field(default_factory=dict)
+    unavailable: str | None = None
     _total: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -232,18 +234,30 @@ class _CpuSampler:
         return wanted
 
     def sample(self) -> float:
-        """Take one sample now; returns the cumulative CPU seconds."""
+        """Take one sample now; returns the cumulative CPU seconds.
+
+        :attr:`unavailable` then says why the dataplane's CPU cannot be read in full (no
+        dataplane container, or one whose cgroup holds no CPU counter), or is None.
+        """
         nodes = self.cluster.node_access
         if nodes is None:
             raise DataplaneError("no node access")
         wanted = self._resolve()
         taken = now()
         increment = 0.0
+        problems: list[str] = []
+        if not wanted:
+            pods = self.cluster.dataplane_pods
+            problems.append(
+                f"no running {pods.container} container found (pods {pods.label_selector} "
+                "in kube-system)"
+            )
         for node, ids in wanted.items():
             known = self._paths.setdefault(node, {})
             missing = [cid for cid in ids if cid not in known]
             if missing:
                 known.update(parse_cgroup_find(nodes.run(node, cgroup_find_script(missing))))
+            problems += [cpu_unavailable_reason(node, cid) for cid in ids if cid not in known]
             paths = [known[cid] for cid in ids if cid in known]
             if not paths:
                 continue
@@ -259,6 +273,7 @@ class _CpuSampler:
                     increment += value - previous if value >= previous else value
                 self._last[key] = value
         with self._lock:
+            self.unavailable = "; ".join(problems) or None
             self._total += increment
             self.samples.append((taken, self._total))
             return self._total
@@ -653,6 +668,11 @@ class KubeCluster:
         assert self.cpu is not None
         end = now()
         self.cpu.sample()
+        if self.cpu.unavailable:
+            # A partial or empty reading would look like an idle dataplane: say so instead.
+            raise DataplaneUnavailable(
+                f"the dataplane's CPU cannot be read: {self.cpu.unavailable}"
+            )
         samples = self.cpu.window(self._window_start)
         changes = sorted(
             (e for e in self.events if e.name in _ENDPOINT_EVENTS and e.time <= end),
