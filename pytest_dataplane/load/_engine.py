@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
+from ._health import IDLE_ITERATION, SelfMeter
 from ._outcomes import DROPPED
 from ._schedule import offsets
 from ._timer import MonotonicTimer
@@ -238,8 +239,15 @@ class _Dispatcher:
         self._dispatching = False
         self.timer = MonotonicTimer(loop, self._due)
         self.precise_timer = self.timer.precise
+        # Self-measurement for the saturation guard (see ._health): completions count the
+        # work between spin iterations, so that only the empty ones count as idle.
+        self.meter = SelfMeter()
+        self.completions = 0
+        self._spin_at: float | None = None
+        self._spin_completions = 0
 
     async def run(self) -> None:
+        self.meter.start(self.t0)
         if self.next is None:
             self._maybe_finish()
         else:
@@ -267,11 +275,21 @@ class _Dispatcher:
 
     def _dispatch_due(self) -> None:
         now = time.monotonic()
+        if self._spin_at is not None:
+            # The loop went round once since the spin began: idle if nothing completed and
+            # the round was short (a long one did I/O or was preempted).
+            if self.completions == self._spin_completions and now - self._spin_at < IDLE_ITERATION:
+                self.meter.idle += now - self._spin_at
+            self._spin_at = None
+        if now >= self.meter.next_sample:
+            self.meter.sample(now)
         burst = 0
         while self.next is not None:
             intended = self.t0 + self.next
             if intended > now:
                 if intended - now <= _EARLY:
+                    self._spin_at = now
+                    self._spin_completions = self.completions
                     self._again_soon()
                 else:
                     self.timer.arm(intended - _EARLY)
@@ -280,6 +298,7 @@ class _Dispatcher:
                 # The closed loop's duration is over: what is still waiting is never sent.
                 self.closed_unsent += 1 + sum(1 for _ in self.schedule)
                 self.next = None
+                self.meter.finish()
                 break
             if self.in_flight >= self.limit:
                 if self.closed_loop:
@@ -291,6 +310,8 @@ class _Dispatcher:
                 self.launched += 1
                 self.client.launch(self.next, intended, self._done)
             self.next = next(self.schedule, None)
+            if self.next is None:
+                self.meter.finish()
             burst += 1
             if burst >= _BURST:
                 # Yield to the loop so responses are timed promptly, then carry on.
@@ -303,6 +324,7 @@ class _Dispatcher:
         self, offset: float, intended: float, sent: float, finished: float, outcome: int
     ) -> None:
         self.in_flight -= 1
+        self.completions += 1
         start = sent if self.closed_loop else intended
         rows = self.rows
         rows.add(offset, finished - start, sent - intended, outcome)
@@ -323,6 +345,7 @@ class _Dispatcher:
             return
         self.stopped = True
         self.next = None
+        self.meter.finish()
         self.waiting = False
         # Every request still in flight is cancelled and reported as "other".
         self.cancelled = self.in_flight
@@ -331,6 +354,7 @@ class _Dispatcher:
 
     def close(self) -> None:
         self.timer.close()
+        self.meter.close()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -341,4 +365,5 @@ class _Dispatcher:
             "cancelled": self.cancelled,
             "closed_unsent": self.closed_unsent,
             "precise_timer": self.precise_timer,
+            "health": self.meter.summary(),
         }

@@ -447,6 +447,7 @@ class Launch:
             histogram=recorder.histogram,
             label=label,
             extra=extra,
+            workers=[s["health"] for s in summaries if s.get("health")],
         )
 
     def close(self) -> None:

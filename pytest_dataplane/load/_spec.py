@@ -117,7 +117,7 @@ class LoadSpec:
     url: str
     rate: float
     duration: float
-    engine: str = "httpx"
+    engine: str = "fast"
     arrival: str = "constant"
     connection: str = "per-request"
     timeout: float = 2.0
@@ -141,7 +141,7 @@ class LoadSpec:
         *,
         rate: float | str,
         duration: float | str,
-        engine: str = "httpx",
+        engine: str | None = None,
         arrival: str = "constant",
         connection: str = "per-request",
         timeout: float | str = "2s",
@@ -166,6 +166,10 @@ class LoadSpec:
         timeout_value = parse_duration(timeout, name="timeout")
         if timeout_value <= 0:
             raise ValueError(f"timeout: {timeout!r} is not positive; accepted: e.g. '2s'")
+        if engine is None:
+            # The lighter engine wherever it can speak the protocol asked for.
+            scheme = urlsplit(url).scheme.lower()
+            engine = "httpx" if scheme == "https" or http2 is True else "fast"
         engine = _choice(engine, "engine", ENGINES)
         arrival = _choice(arrival, "arrival", ARRIVALS)
         connection = _choice(connection, "connection", CONNECTIONS)

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dataplane.errors import DataplaneError
-from pytest_dataplane.load import run
+from pytest_dataplane.load import LoadFactory, run
 from pytest_dataplane.load._spec import cgroup2_mount
 
 SERVER = Path(__file__).with_name("dpt_load_server.py")
@@ -140,9 +139,7 @@ def test_the_engine_runs_inside_the_namespace_and_the_cgroup(
     cgroup_path = "/" + os.path.basename(cgroup)
     sockets: list[str] = []
 
-    def watch_sockets() -> None:
-        # While the pooled run is going, list the client sockets with their cgroup.
-        time.sleep(0.6)
+    def list_sockets() -> list[str]:
         # nsenter keeps this mount namespace (ip netns exec would remount /sys and hide the
         # cgroup hierarchy from ss, which then prints only the cgroup's id).
         listing = subprocess.run(
@@ -161,11 +158,13 @@ def test_the_engine_runs_inside_the_namespace_and_the_cgroup(
             timeout=10,
             check=False,
         )
-        sockets.extend(line for line in listing.stdout.splitlines() if line.strip())
+        return [line for line in listing.stdout.splitlines() if line.strip()]
 
-    watcher = threading.Thread(target=watch_sockets)
-    watcher.start()
-    result = run(
+    # The pooled connections exist from the first request until the run ends: list them
+    # while the run is going (the block begins once the schedule has started), as many
+    # times as it takes on a busy machine.
+    factory = LoadFactory(record=None)
+    with factory(
         url,
         rate=40,
         duration=1.5,
@@ -174,8 +173,11 @@ def test_the_engine_runs_inside_the_namespace_and_the_cgroup(
         connection="pooled",
         netns=netns,
         cgroup=cgroup,
-    )
-    watcher.join()
+    ) as load_run:
+        end = time.monotonic() + 1.5
+        while not sockets and time.monotonic() < end:
+            sockets = list_sockets()
+    result = load_run.result
     counters = _server_counters(server, output)
     assert result.completed == result.scheduled == 60
     assert counters["requests"] == 60

@@ -75,7 +75,8 @@ def test_work_is_split_over_processes() -> None:
     assert sum(c.concurrency for c in configs) == 7
     assert all(c.max_in_flight == 4 for c in configs)
     assert LoadSpec.create(URL, rate=1, duration=1).seed >= 0  # random when not given
-    assert LoadSpec.create(URL, rate=1, duration=1).max_in_flight == 1_000
+    assert LoadSpec.create(URL, rate=1, duration=1).max_in_flight == 10_000  # fast
+    assert LoadSpec.create(URL, rate=1, duration=1, engine="httpx").max_in_flight == 1_000
     assert LoadSpec.create(URL, rate=1, duration=1, engine="fast").max_in_flight == 10_000
 
 
