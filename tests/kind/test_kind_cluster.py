@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kindkit import FakeTools, files_under
 
+from pytest_dataplane.errors import DataplaneError, PytestDataplaneWarning
 from pytest_dataplane.providers.kind import KindProvider
 from pytest_dataplane.providers.kind.cluster import MARKER, KindClusterSetup
 from pytest_dataplane.providers.kind.config import KindSettings, cluster_name
@@ -50,7 +51,17 @@ case "$1 $2" in
   "create cluster") printf '%s' "$KUBECONFIG_TEXT" > "$kc"; echo "$name" >> "$state" ;;
   "delete cluster") grep -vx "$name" "$state" > "$state.new"; mv "$state.new" "$state" ;;
   "export kubeconfig") printf '%s' "$KUBECONFIG_TEXT" > "$kc" ;;
-  "load docker-image") ;;
+  "load docker-image")
+    if [ -f "$(dirname "$0")/containerd-store" ]; then
+      # What kind reports when the node's ctr import meets an index whose other platforms the
+      # containerd image store never pulled.
+      echo "ERROR: failed to load image: command \"docker exec --privileged -i" \
+        "$name-control-plane ctr --namespace=k8s.io images import --all-platforms" \
+        "--digests --snapshotter=overlayfs -\" failed with error: exit status 1" >&2
+      echo "ctr: content digest sha256:4f9a0b1c: not found" >&2
+      exit 1
+    fi ;;
+  "load image-archive") for a in "$@"; do last="$a"; done; [ -s "$last" ] || exit 3 ;;
   "version ") echo "kind v0.25.0 go1.22.9 linux/amd64" ;;
   *) echo "unexpected: $*" >&2; exit 9 ;;
 esac
@@ -59,6 +70,11 @@ FAKE_DOCKER = r"""
 case "$1 $2" in
   "image inspect") [ -f "$(dirname "$0")/have-$(echo "$3" | tr '/:' '__')" ] || exit 1 ;;
   "pull "*) touch "$(dirname "$0")/have-$(echo "$2" | tr '/:' '__')" ;;
+  "version --format") echo linux/amd64 ;;
+  "save --platform")
+    # Docker before 28 has no --platform for save.
+    [ -f "$(dirname "$0")/old-docker" ] && { echo "unknown flag: --platform" >&2; exit 125; }
+    echo "archive of $6 for $3" > "$5" ;;
   "info "*) echo 27.3.1 ;;
   "exec "*) exit 0 ;;
 esac
@@ -226,6 +242,121 @@ def test_an_incomplete_cluster_is_recreated(tools: Path, tmp_path: Path) -> None
     assert not [line for line in log if line.startswith("helm")]  # no Cilium for nftables
 
 
+def ebpf_setup(tmp_path: Path, api: MemoryApi, **kw: Any) -> KindClusterSetup:
+    return KindClusterSetup(
+        dataplane="ebpf",
+        settings=KindSettings(),
+        tools=find_tools(),
+        kind_version=Version(0, 25, 0),
+        root=tmp_path / "s",
+        api_factory=lambda p: api,
+        **kw,
+    )
+
+
+def test_containerd_image_store_falls_back_to_a_platform_archive(
+    tools: Path, tmp_path: Path
+) -> None:
+    (tools / "containerd-store").touch()
+    setup = ebpf_setup(tmp_path, ready_cluster("ebpf"))
+    setup.ensure()  # no warning: filterwarnings = error would fail the test
+    log = calls(tools)
+    images = ["registry.k8s.io/e2e-test-images/agnhost:2.53"] + [
+        f"quay.io/cilium/{name}:v1.16.12" for name in ("cilium", "operator-generic")
+    ]
+    for image in images:
+        tried = log.index(f"kind load docker-image --name {setup.name} {image}")
+        save = log[tried + 2]
+        assert log[tried + 1] == "docker version --format {{.Server.Os}}/{{.Server.Arch}}"
+        assert save.startswith("docker save --platform linux/amd64 -o ")
+        assert save.endswith(f"/image.tar {image}")
+        archive = save.split(" -o ")[1].split()[0]
+        assert Path(archive).parent.parent == setup.dir
+        assert log[tried + 3] == f"kind load image-archive --name {setup.name} {archive}"
+        assert not Path(archive).exists()  # the archive went with its scratch directory
+    assert any(line.startswith("helm install") for line in log)
+    assert "preload skipped" not in " ".join(setup.log)
+
+
+def test_preload_that_cannot_fall_back_warns_and_goes_on(tools: Path, tmp_path: Path) -> None:
+    (tools / "containerd-store").touch()
+    (tools / "old-docker").touch()
+    setup = ebpf_setup(tmp_path, ready_cluster("ebpf"))
+    with pytest.warns(PytestDataplaneWarning) as warned:
+        setup.ensure()
+    messages = [str(w.message) for w in warned]
+    assert len(messages) == 3  # agnhost, cilium, operator
+    assert "could not preload registry.k8s.io/e2e-test-images/agnhost:2.53" in messages[0]
+    assert "content digest sha256:4f9a0b1c: not found" in messages[0]
+    assert "unknown flag: --platform" in messages[0]
+    assert (
+        "the nodes will pull the image themselves (imagePullPolicy IfNotPresent)" in (messages[0])
+    )
+    assert setup.log[-1] == "ready"
+    assert not [line for line in calls(tools) if line.startswith("kind delete")]
+
+
+def test_a_failed_install_deletes_the_half_built_cluster(
+    tools: Path, tmp_path: Path, fake_tools: FakeTools
+) -> None:
+    fake_tools(helm='echo "Error: INSTALLATION FAILED: context deadline exceeded" >&2; exit 1')
+    setup = ebpf_setup(tmp_path, api := ready_cluster("ebpf"))
+    with pytest.raises(DataplaneError, match="INSTALLATION FAILED"):
+        setup.ensure()
+    log = calls(tools)
+    helm = next(i for i, line in enumerate(log) if line.startswith("helm install"))
+    assert log[helm + 1 :] == [
+        f"kind delete cluster --name={setup.name} --kubeconfig={setup.kubeconfig}"
+    ]
+    assert (tools / "clusters").read_text().strip() == ""
+    assert api.closed
+    assert setup.log[-1] == "delete cluster"
+
+
+def test_a_failed_ensure_that_cannot_delete_says_how(
+    tools: Path, tmp_path: Path, fake_tools: FakeTools
+) -> None:
+    fake_tools(helm="exit 1")
+    kind = (tools / "kind").read_text()
+    (tools / "kind").write_text(
+        kind.replace(
+            '"delete cluster")', '"delete cluster") echo "no engine" >&2; exit 1;;\n  "x")'
+        )
+    )
+    setup = ebpf_setup(tmp_path, ready_cluster("ebpf"))
+    with pytest.raises(DataplaneError, match="helm install") as info:
+        setup.ensure()
+    notes = getattr(info.value, "__notes__", [])
+    assert notes == [
+        f"the half-built kind cluster {setup.name} could not be deleted ({tools}/kind delete "
+        "cluster "
+        f"--name={setup.name} --kubeconfig={setup.kubeconfig} failed with exit status 1: no "
+        f"engine); remove it with `kind delete cluster --name {setup.name}`"
+    ]
+
+
+def test_an_interrupted_ensure_deletes_the_cluster(tools: Path, tmp_path: Path) -> None:
+    api = ready_cluster("iptables")
+
+    def interrupt(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the setup marker is being written
+
+    api.reactors.append(interrupt)
+    setup = KindClusterSetup(
+        dataplane="iptables",
+        settings=KindSettings(),
+        tools=find_tools(),
+        kind_version=Version(0, 25, 0),
+        root=tmp_path / "s",
+        api_factory=lambda p: api,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        setup.ensure()
+    assert calls(tools)[-1] == (
+        f"kind delete cluster --name={setup.name} --kubeconfig={setup.kubeconfig}"
+    )
+
+
 def test_not_ready_in_time_is_an_error(tools: Path, tmp_path: Path) -> None:
     api = ready_cluster("iptables")
     api.objects = {k: v for k, v in api.objects.items() if k[1] != "DaemonSet"}
@@ -241,3 +372,8 @@ def test_not_ready_in_time_is_an_error(tools: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"dataplane DaemonSet not ready in 0\.1 s"):
         setup.ensure()
     assert os.path.exists(setup.kubeconfig)
+    # ... and the cluster that never became ready is gone.
+    assert calls(tools)[-1] == (
+        f"kind delete cluster --name={setup.name} --kubeconfig={setup.kubeconfig}"
+    )
+    assert (tools / "clusters").read_text().strip() == ""

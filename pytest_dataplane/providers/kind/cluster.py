@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from ...errors import DataplaneError
+from ...errors import DataplaneError, PytestDataplaneWarning
 from .api import KubeApi, NotFound
 from .config import KindSettings, cluster_name, helm_install_argv, kind_config, preload_images
 from .tools import Tools
@@ -163,9 +165,10 @@ class KindClusterSetup:
             self.delete()
         self._step("create cluster")
         self._kind_cluster = self._make_kind_cluster()
-        self._kind_cluster.create(config_file=self.config_path)
-        api = self._api_factory(self.kubeconfig)
+        api: KubeApi | None = None
         try:
+            self._kind_cluster.create(config_file=self.config_path)
+            api = self._api_factory(self.kubeconfig)
             for image in preload_images(self.dataplane, self.settings):
                 self._preload(image)
             if self.dataplane == "ebpf":
@@ -182,14 +185,42 @@ class KindClusterSetup:
                     },
                 }
             )
-        except BaseException:
-            api.close()
+        except BaseException as exc:
+            if api is not None:
+                api.close()
+            # A half-built cluster is of no use to anyone (its setup marker was never written,
+            # so no later run would reuse it): delete it now, Ctrl-C included.
+            self._delete_after_failure(exc)
             raise
         self._step("ready")
         return api
 
+    def _delete_after_failure(self, exc: BaseException) -> None:
+        try:
+            self.delete()
+        except Exception as problem:
+            self._step(f"delete after the failure failed too: {problem}")
+            log.warning("kind %s: could not delete the half-built cluster: %s", self.name, problem)
+            note = getattr(exc, "add_note", None)
+            if note is not None:
+                note(
+                    f"the half-built kind cluster {self.name} could not be deleted ({problem}); "
+                    f"remove it with `kind delete cluster --name {self.name}`"
+                )
+
     def _preload(self, image: str) -> None:
+        """Put ``image`` on every node, as ``kind load docker-image`` does, or warn.
+
+        ``kind load docker-image`` runs ``docker save`` without a platform; under Docker's
+        containerd image store (Docker Desktop's default, and Docker 29's for new installs)
+        that exports the whole multi-arch index of an image whose other platforms were never
+        pulled, and the nodes' import fails with "content digest ... not found". The fallback
+        saves only the engine's own platform (``docker save --platform``, Docker 28 and
+        newer) and loads that archive. If both fail the image is left for the nodes to pull
+        (every pod we create uses ``imagePullPolicy: IfNotPresent``), with a warning.
+        """
         assert self.tools.docker is not None
+        assert self.tools.kind is not None
         inspect = subprocess.run(
             [self.tools.docker, "image", "inspect", image],
             capture_output=True,
@@ -200,8 +231,41 @@ class KindClusterSetup:
             # The node would pull it anyway; pulling once on the host lets every node share it.
             self._step(f"docker pull {image}")
             _run([self.tools.docker, "pull", image])
+        # Run by us rather than through pytest-kind's load_docker_image, which lets the error
+        # go to the terminal: the fallback below needs to know that (and why) it failed.
         self._step(f"kind load docker-image {image}")
-        self._kind_cluster.load_docker_image(image)
+        try:
+            _run([self.tools.kind, "load", "docker-image", "--name", self.name, image])
+            return
+        except DataplaneError as exc:
+            first = str(exc)
+        platform = "linux/<unknown>"
+        try:
+            platform = _run(
+                [self.tools.docker, "version", "--format", "{{.Server.Os}}/{{.Server.Arch}}"],
+                timeout=60.0,
+            ).strip()
+            self._step(
+                f"kind load docker-image failed; fallback: docker save --platform {platform} "
+                f"{image} | kind load image-archive"
+            )
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.dir, prefix="image-") as scratch:
+                archive = str(Path(scratch) / "image.tar")
+                _run([self.tools.docker, "save", "--platform", platform, "-o", archive, image])
+                _run([self.tools.kind, "load", "image-archive", "--name", self.name, archive])
+            return
+        except DataplaneError as exc:
+            second = str(exc)
+        message = (
+            f"kind cluster {self.name}: could not preload {image}: `kind load docker-image` "
+            f"failed ({first[-500:]}), and so did `docker save --platform {platform}` with "
+            f"`kind load image-archive` ({second[-500:]}); the nodes will pull the image "
+            "themselves (imagePullPolicy IfNotPresent), which needs registry access from the nodes"
+        )
+        self._step(f"preload skipped: {image}")
+        log.warning("%s", message)
+        warnings.warn(PytestDataplaneWarning(message), stacklevel=2)
 
     def _install_cilium(self) -> None:
         if self.tools.helm is None:

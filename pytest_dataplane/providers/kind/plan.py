@@ -83,7 +83,9 @@ def build_plan(
     ]
     steps += [
         f"preload {image}: `docker pull` if the host lacks it, then "
-        f"`kind load docker-image --name {name} {image}`"
+        f"`kind load docker-image --name {name} {image}` (if that fails, as under Docker's "
+        "containerd image store: `docker save --platform <engine's os/arch>` and `kind load "
+        "image-archive`; if that fails too, a warning and the nodes pull it)"
         for image in images
     ]
     if helm is not None:
@@ -96,7 +98,7 @@ def build_plan(
         "create the session namespace dpt-<session>; tests deploy agnhost netexec "
         "Deployments behind NodePort Services reached at the worker's address",
         "after the session: delete the namespace, and `kind delete cluster --name "
-        f"{name}` unless --dataplane-keep",
+        f"{name}` unless --dataplane-keep (a cluster whose setup fails is deleted at once)",
     ]
     problem = (
         nftables_problem(kind_version, settings.node_image) if dataplane == "nftables" else None
