@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 Outcome = Literal["pass", "fail", "inconclusive"]
+# A send this late is late (pytest_dataplane.load._result.LATE; not imported: numpy-free
+# import of this module matters less than keeping the load package out of it).
+_LATE = 1e-3
 OnInconclusive = Literal["fail", "warn", "pass"]
 _ON_INCONCLUSIVE = ("fail", "warn", "pass")
 
@@ -108,7 +111,8 @@ def _reject_saturated(data: Any, assertion: str) -> None:
             threshold=math.nan,
             unit="",
             method="load generator saturation guard",
-            advice="lower the rate, use engine='fast', or give the load generator more cores",
+            advice="lower the rate, use engine='fast' (the default; a tenth of httpx's CPU per "
+            "request), or spread the load over processes=N workers",
         )
         _collect.record_verdict(verdict)
         raise DataplaneAssertionError(
@@ -144,8 +148,14 @@ def _assert_quantile_below(
     confidence: float,
     on_inconclusive: OnInconclusive,
     unit_name: str = "samples",
+    from_send: np.ndarray | None = None,
+    lateness: str = "",
 ) -> Verdict:
-    """Three-outcome decision on the ``q``-th percentile (0-100) of ``sample`` (seconds)."""
+    """Three-outcome decision on the ``q``-th percentile (0-100) of ``sample`` (seconds).
+
+    ``from_send``: the same requests' latencies measured from their actual send time; when
+    given, the decision stands only if it is the same from both (see :func:`_lateness_split`).
+    """
     __tracebackhide__ = True
     pname = _percentile_name(q)
     assertion = f"{pname} {what} below {fmt.seconds(limit)}"
@@ -160,6 +170,13 @@ def _assert_quantile_below(
         )
     ci = stats.quantile_ci(sample, q / 100, confidence=confidence)
     outcome = _decide(ci.low, ci.high, limit)
+    if from_send is not None:
+        split = _lateness_split(
+            ci, from_send, q, limit, assertion=assertion, confidence=confidence, lateness=lateness
+        )
+        if split is not None:
+            verdict, message = split
+            return _conclude(verdict, message, on_inconclusive)
     needed = (
         stats.samples_to_decide(sample, q / 100, limit, confidence=confidence)
         if outcome == "inconclusive"
@@ -212,8 +229,89 @@ def _assert_quantile_below(
         f"  method:    {ci.method} (ranks {fmt.count(ci.low_rank)} and "
         f"{fmt.count(ci.high_rank)}, exact coverage {ci.coverage:.3f})\n"
         f"  advice:    {advice}"
+        + (
+            f"\n  lateness:  {lateness}; the verdict is the same from the actual send time"
+            if lateness
+            else ""
+        )
     )
     return _conclude(verdict, message, on_inconclusive)
+
+
+def _from_send(data: Any) -> tuple[np.ndarray | None, str]:
+    """Latencies from the actual send time, and why sends were late, for a LoadResult whose
+    sends were late enough to matter (None otherwise: the intended time is the only one)."""
+    timeline = getattr(data, "timeline", None)
+    generator = getattr(data, "generator", None)
+    if timeline is None or generator is None or not getattr(data, "corrected", True):
+        return None, ""
+    if not float(getattr(generator, "lag_max", 0.0)) > 0:
+        return None, ""
+    ok = np.asarray(timeline.outcome) == 0
+    latency = np.asarray(timeline.latency, dtype=np.float64)[ok]
+    lag = np.asarray(timeline.lag, dtype=np.float64)[ok]
+    from_send = np.maximum(latency - lag, 0.0)
+    late = float(getattr(generator, "lag_p99", 0.0)) > _LATE
+    return from_send, (str(getattr(generator, "lateness", "")) if late else "")
+
+
+def _lateness_split(
+    ci: stats.QuantileCI,
+    from_send: np.ndarray,
+    q: float,
+    limit: float,
+    *,
+    assertion: str,
+    confidence: float,
+    lateness: str,
+) -> tuple[Verdict, str] | None:
+    """The refusal when the generator's lateness decides the verdict, else None.
+
+    Latency counts from the intended send time (a late send is what a client on that busy
+    host would see). But where the generator's own lateness could decide the outcome — the
+    same percentile from the actual send time lands on the other side — no verdict is given:
+    the run cannot tell the system's latency from the client's delay.
+    """
+    if from_send.size != ci.n:
+        return None
+    other = stats.quantile_ci(from_send, q / 100, confidence=confidence)
+    outcome, alternative = _decide(ci.low, ci.high, limit), _decide(other.low, other.high, limit)
+    if outcome == alternative:
+        return None
+    pname = _percentile_name(q)
+    advice = (
+        "give the load generator a CPU of its own (fewer parallel jobs on the machine), "
+        "or set the threshold where the late sends cannot move the verdict"
+    )
+    verdict = Verdict(
+        assertion=assertion,
+        outcome="inconclusive",
+        observed=ci.estimate,
+        low=min(ci.low, other.low),
+        high=max(ci.high, other.high),
+        n=ci.n,
+        threshold=limit,
+        unit="s",
+        method=f"{ci.method}, from the intended and from the actual send time",
+        confidence=confidence,
+        advice=advice,
+    )
+
+    def line(c: stats.QuantileCI, decided: str) -> str:
+        return (
+            f"{pname} = {fmt.seconds(c.estimate)}, {confidence:.0%} CI "
+            f"[{fmt.seconds(c.low)}, {fmt.seconds(c.high)}] -> {decided}"
+        )
+
+    message = (
+        f"{assertion}: not decided, the load generator's late sends decide it\n"
+        f"  from the intended send time: {line(ci, outcome)}\n"
+        f"  from the actual send time:   {line(other, alternative)}\n"
+        f"  lateness:  {lateness or 'sends were late'}\n"
+        f"  DESIRED:   {pname} < {fmt.seconds(limit)}, n = {fmt.count(ci.n)}\n"
+        f"  advice:    {advice}"
+    )
+    return verdict, message
 
 
 def _check_percentile(q: object, name: str = "q") -> float:
@@ -240,6 +338,12 @@ def assert_percentile_below(
     the threshold, fail when its lower bound is above, inconclusive otherwise (then
     ``on_inconclusive`` decides: ``"fail"`` (default), ``"warn"`` or ``"pass"``).
 
+    A LoadResult's latencies count from each request's intended send time. When its sends
+    left late (a busy host: ``result.generator.lateness`` says how late and why), the decision
+    is also made from the actual send times, and stands only if both agree; otherwise the
+    result is inconclusive, saying that the generator's lateness decides it. A result whose
+    load generator was itself the bottleneck (``result.saturated``) is refused.
+
     Raises :class:`~pytest_dataplane.errors.DataplaneAssertionError` on failure and
     :class:`~pytest_dataplane.errors.InsufficientDataError` when there are too few samples to
     bound the percentile at all (e.g. fewer than 72 for p95, 368 for p99, at 95 % confidence).
@@ -249,6 +353,7 @@ def assert_percentile_below(
     q = _check_percentile(q)
     limit = parse_duration(threshold, name="threshold")
     _reject_saturated(data, f"{_percentile_name(q)} latency below {fmt.seconds(limit)}")
+    from_send, lateness = _from_send(data)
     return _assert_quantile_below(
         _latencies(data),
         q,
@@ -256,6 +361,8 @@ def assert_percentile_below(
         what="latency",
         confidence=confidence,
         on_inconclusive=on_inconclusive,
+        from_send=from_send,
+        lateness=lateness,
     )
 
 

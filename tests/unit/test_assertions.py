@@ -22,6 +22,7 @@ from pytest_dataplane import (
     assert_p99_below,
     assert_percentile_below,
 )
+from pytest_dataplane.load import LoadResult, Timeline
 
 
 @pytest.fixture
@@ -212,3 +213,62 @@ def test_helper_frames_are_hidden_from_tracebacks(pytester: pytest.Pytester) -> 
         ]
     )
     result.stdout.no_fnmatch_line("*pytest_dataplane/assertions.py*")
+
+
+def _late_result(late_every: int, lag: float, *, cpu: float = 0.2) -> LoadResult:
+    """2,000 requests at 100/s answering in 8-12 ms from their actual send; every
+    ``late_every``-th left ``lag`` seconds late (a busy host), the generator at ``cpu``."""
+    rng = np.random.default_rng(7)
+    n = 2000
+    send = np.arange(n) / 100.0
+    lags = np.full(n, 20e-6, np.float32)
+    lags[::late_every] = lag
+    service = rng.uniform(8e-3, 12e-3, n).astype(np.float32)
+    timeline = Timeline(send, service + lags, lags, np.zeros(n, np.uint8))
+    health = {"wall": 20.0, "cpu": cpu * 20.0, "idle": 0.0, "run_delay": 2.0, "samples": []}
+    return LoadResult.build(timeline, start=0.0, target_rate=100, duration=20, workers=[health])
+
+
+def test_lateness_that_decides_the_verdict_is_refused() -> None:
+    # 10 % of sends 30 ms late: from the intended send time the p95 is ~40 ms, from the
+    # actual send ~12 ms. A 20 ms threshold is on different sides of the two.
+    result = _late_result(10, 30e-3)
+    assert not result.saturated
+    with pytest.raises(DataplaneAssertionError) as refused:
+        assert_p95_below(result, "20ms")
+    message = str(refused.value)
+    assert "not decided, the load generator's late sends decide it" in message
+    assert "from the intended send time: p95 = 39.9 ms" in message and "-> fail" in message
+    assert "from the actual send time:   p95 = 11.8 ms" in message and "-> pass" in message
+    assert "host busy: send lag p50 0.02 ms, p99 30.00 ms" in message
+    assert "generator CPU 20 % of a core" in message
+    verdict = refused.value.verdict  # type: ignore[attr-defined]
+    assert verdict.outcome == "inconclusive"
+    assert "from the intended and from the actual send time" in verdict.method
+    with pytest.warns(PytestDataplaneWarning, match="late sends decide it"):
+        assert_p95_below(result, "20ms", on_inconclusive="warn")
+
+
+def test_lateness_that_cannot_change_the_verdict_is_reported_with_it() -> None:
+    result = _late_result(10, 30e-3)
+    # Both sides agree: a pass at 100 ms and a fail at 5 ms, judged from the intended time.
+    assert assert_p95_below(result, "100ms").outcome == "pass"
+    with pytest.raises(DataplaneAssertionError) as failed:
+        assert_p95_below(result, "5ms")
+    message = str(failed.value)
+    assert "p95 latency is not below 5 ms" in message
+    assert "lateness:  host busy" in message
+    assert "the verdict is the same from the actual send time" in message
+    # Sends on time: no lateness line at all.
+    on_time = _late_result(10, 50e-6)
+    with pytest.raises(DataplaneAssertionError) as strict:
+        assert_p95_below(on_time, "5ms")
+    assert "lateness" not in str(strict.value)
+
+
+def test_a_really_saturated_generator_is_refused_naming_its_cpu() -> None:
+    result = _late_result(10, 30e-3, cpu=0.97)
+    assert result.saturated
+    with pytest.raises(DataplaneAssertionError, match="the load generator was the bottleneck") as e:
+        assert_p95_below(result, "100ms")
+    assert "its own CPU was 97 % of a core over the run" in str(e.value)
