@@ -49,7 +49,9 @@ done
 case "$1 $2" in
   "get clusters") cat "$state" ;;
   "create cluster") printf '%s' "$KUBECONFIG_TEXT" > "$kc"; echo "$name" >> "$state" ;;
-  "delete cluster") grep -vx "$name" "$state" > "$state.new"; mv "$state.new" "$state" ;;
+  "delete cluster")
+    if [ -f "$(dirname "$0")/undeletable-$name" ]; then echo "cannot remove $name" >&2; exit 1; fi
+    grep -vx "$name" "$state" > "$state.new"; mv "$state.new" "$state" ;;
   "export kubeconfig") printf '%s' "$KUBECONFIG_TEXT" > "$kc" ;;
   "load docker-image")
     if [ -f "$(dirname "$0")/containerd-store" ]; then
@@ -377,3 +379,45 @@ def test_not_ready_in_time_is_an_error(tools: Path, tmp_path: Path) -> None:
         f"kind delete cluster --name={setup.name} --kubeconfig={setup.kubeconfig}"
     )
     assert (tools / "clusters").read_text().strip() == ""
+
+
+def test_close_closes_every_cluster_and_names_every_failure(tools: Path, tmp_path: Path) -> None:
+    apis = {plane: ready_cluster(plane) for plane in ("iptables", "ipvs", "nftables")}
+
+    def api_for(kubeconfig: Path) -> MemoryApi:
+        return apis[kubeconfig.parent.name.split("-")[1]]
+
+    def refuse_namespace_deletion(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        if verb == "delete" and obj["kind"] == "Namespace":
+            raise RuntimeError("namespace is stuck terminating")
+
+    provider = KindProvider(
+        KindSettings(), tools=find_tools(), root=tmp_path / "s", api_factory=api_for
+    )
+    clusters = {plane: provider.create(plane) for plane in apis}
+    names = {plane: cluster_name(plane, KindSettings(), Version(0, 25, 0)) for plane in apis}
+    apis["iptables"].reactors.append(refuse_namespace_deletion)
+    for plane in ("ipvs", "nftables"):
+        (tools / f"undeletable-{names[plane]}").touch()
+    with pytest.raises(DataplaneError) as info:
+        provider.close()
+    message = str(info.value)
+    assert message.startswith("kind cleanup incomplete (3 of 3 clusters): ")
+    assert (
+        f"kind cluster {names['iptables']} (iptables) did not close cleanly: cleanup: delete "
+        f"namespace {clusters['iptables'].namespace}: namespace is stuck terminating"
+    ) in message
+    for plane in ("ipvs", "nftables"):
+        assert f"kind cluster {names[plane]} ({plane}) did not close cleanly: cleanup: " in message
+        assert f"kind delete cluster {names[plane]}: " in message
+        assert f"cannot remove {names[plane]}" in message
+    # Every cluster was asked to go, the stuck namespace did not keep its cluster alive, and
+    # every API client was closed.
+    deletes = [line for line in calls(tools) if line.startswith("kind delete cluster")]
+    assert sorted(line.split()[3] for line in deletes) == sorted(
+        f"--name={name}" for name in names.values()
+    )
+    left = sorted((tools / "clusters").read_text().split())
+    assert left == sorted([names["ipvs"], names["nftables"]])
+    assert all(api.closed for api in apis.values())
+    provider.close()  # nothing left to close: no error the second time

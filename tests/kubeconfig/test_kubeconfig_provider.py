@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_dataplane.errors import DataplaneUnavailable
+from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
 from pytest_dataplane.providers.kind.api import ExecResult
 from pytest_dataplane.providers.kind.testing import MemoryApi, matches_selector
 from pytest_dataplane.providers.kubeconfig import KubeconfigProvider
@@ -315,3 +316,52 @@ def test_plugin_skips_when_the_cluster_is_unreachable(
     result.stdout.fnmatch_lines(
         ["*iptables on kubeconfig: cannot reach a cluster through *missing*--dataplane-kubeconfig*"]
     )
+
+
+def test_close_closes_everything_and_names_every_failure() -> None:
+    api = make_api(KUBE_PROXY_CM, KUBE_PROXY_DS)
+    p = provider(api, kubeconfig="/etc/staging.yaml")
+    first, second = p.create("ipvs"), p.create("ipvs")
+    stopped: list[str] = []
+
+    def failing(label: str) -> Callable[[], None]:
+        def close() -> None:
+            stopped.append(label)
+            raise RuntimeError(f"{label} is stuck")
+
+        return close
+
+    def recorded(label: str, stop: Callable[[], None]) -> Callable[[], None]:
+        def wrapper() -> None:
+            stopped.append(label)
+            stop()
+
+        return wrapper
+
+    assert first.prober is not None and second.prober is not None
+    assert first.watcher is not None and second.watcher is not None
+    first.watcher.stop = recorded("first watch", first.watcher.stop)  # type: ignore[method-assign]
+    second.watcher.stop = recorded("second watch", second.watcher.stop)  # type: ignore[method-assign]
+    first.prober.close = failing("first prober")  # type: ignore[method-assign]
+    second.prober.close = failing("second prober")  # type: ignore[method-assign]
+
+    def refuse_namespace_deletion(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        if verb == "delete" and obj["kind"] == "Namespace":
+            raise RuntimeError("admission webhook denied the request")
+
+    api.reactors.append(refuse_namespace_deletion)
+    with pytest.raises(DataplaneError) as info:
+        p.close()
+    message = str(info.value)
+    assert message.startswith(
+        "kubeconfig cleanup incomplete (/etc/staging.yaml, context (current)): "
+    )
+    namespace = first.namespace
+    assert (
+        "kubeconfig cluster (current) (ipvs) did not close cleanly: prober: first prober is stuck"
+    ) in message
+    assert "prober: second prober is stuck" in message
+    assert f"delete namespace {namespace}: admission webhook denied the request" in message
+    # The first cluster's failure did not keep the second from closing.
+    assert stopped == ["first watch", "first prober", "second watch", "second prober"]
+    assert api.closed

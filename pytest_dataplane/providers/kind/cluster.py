@@ -155,12 +155,12 @@ class KindClusterSetup:
                 ],
                 timeout=120.0,
             )
-            api = self._api_factory(self.kubeconfig)
-            if self._setup_complete(api):
+            existing = self._api_factory(self.kubeconfig)
+            if self._setup_complete(existing):
                 self.reused = True
                 self._kind_cluster = self._make_kind_cluster()
-                return api
-            api.close()
+                return existing
+            existing.close()
             self._step("reuse refused: setup never completed; deleting it")
             self.delete()
         self._step("create cluster")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...errors import DataplaneUnavailable
+from ...errors import DataplaneError, DataplaneUnavailable
 from . import k8s
 from .api import KubeApi
 from .cluster import KindClusterSetup
@@ -143,12 +143,22 @@ class KindProvider:
         keep = self.settings.keep
 
         def close() -> None:
-            try:
-                api.delete("v1", "Namespace", name)
-            finally:
-                api.close()
-                if not keep:
-                    setup.delete()
+            # Each step runs whatever the one before did: a namespace that cannot be deleted
+            # must not keep the cluster itself alive.
+            problems: list[str] = []
+            steps: list[tuple[str, Callable[[], object]]] = [
+                (f"delete namespace {name}", lambda: api.delete("v1", "Namespace", name)),
+                ("close the API client", api.close),
+            ]
+            if not keep:
+                steps.append((f"kind delete cluster {setup.name}", setup.delete))
+            for what, step in steps:
+                try:
+                    step()
+                except Exception as exc:
+                    problems.append(f"{what}: {exc}")
+            if problems:
+                raise DataplaneError("; ".join(problems))
 
         facts = {
             "cluster": setup.name,
@@ -187,7 +197,18 @@ class KindProvider:
         )
 
     def close(self) -> None:
+        """Close every cluster, even after one fails; then raise one DataplaneError naming
+        every failure."""
         with self._lock:
             clusters, self._clusters = self._clusters, []
+        errors: list[str] = []
         for cluster in clusters:
-            cluster.close()
+            try:
+                cluster.close()
+            except Exception as exc:  # keep closing the others
+                errors.append(str(exc))
+        if errors:
+            raise DataplaneError(
+                f"kind cleanup incomplete ({len(errors)} of {len(clusters)} clusters): "
+                + "; ".join(errors)
+            )

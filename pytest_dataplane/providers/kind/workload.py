@@ -806,22 +806,33 @@ class KubeCluster:
             self.cpu.trim(self._window_start)
 
     def close(self) -> None:
-        """Stop the watch, the prober and the sampler, then let the provider clean up."""
+        """Stop the watch, the prober and the sampler, then let the provider clean up.
+
+        Every step runs even when an earlier one fails; the failures are raised together as
+        one DataplaneError (as the lab's clusters do).
+        """
         if self._closed:
             return
         self._closed = True
-        for stop in (
-            self.watcher.stop if self.watcher else None,
-            self.prober.close if self.prober else None,
-            self.cpu.stop if self.cpu else None,
-            self._on_close,
+        problems: list[str] = []
+        for what, stop in (
+            ("EndpointSlice watch", self.watcher.stop if self.watcher else None),
+            ("prober", self.prober.close if self.prober else None),
+            ("CPU sampler", self.cpu.stop if self.cpu else None),
+            ("cleanup", self._on_close),
         ):
             if stop is None:
                 continue
             try:
                 stop()
             except Exception as exc:
-                log.warning("closing %r: %s", self, exc)
+                problems.append(f"{what}: {exc}")
+        if problems:
+            where = self._facts.get("cluster") or self._facts.get("context") or self.namespace
+            raise DataplaneError(
+                f"{self.provider} cluster {where} ({self.name}) did not close cleanly: "
+                + "; ".join(problems)
+            )
 
 
 def format_events(items: Iterable[Mapping[str, Any]], *, since_wall: float | None = None) -> str:

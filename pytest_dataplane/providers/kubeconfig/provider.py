@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import DataplaneUnavailable
+from ...errors import DataplaneError, DataplaneUnavailable
 from ..kind import k8s
 from ..kind.api import KubeApi, NotFound
 from ..kind.versions import AGNHOST_IMAGE, Version, cilium_cli
@@ -270,21 +270,37 @@ class KubeconfigProvider:
         return cluster
 
     def close(self) -> None:
-        """Close clusters and delete the session namespace (and with it the node agent)."""
+        """Close clusters and delete the session namespace (and with it the node agent).
+
+        Every step runs even when an earlier one fails; then one DataplaneError names every
+        failure (as the lab's provider does).
+        """
         with self._lock:
             clusters, self._clusters = self._clusters, []
             namespace, self._namespace = self._namespace, None
             api = self._api
+        errors: list[str] = []
         for cluster in clusters:
-            cluster.close()
-        if api is not None:
             try:
-                if namespace is not None:
+                cluster.close()
+            except Exception as exc:  # keep closing the others
+                errors.append(str(exc))
+        if api is not None:
+            if namespace is not None:
+                try:
                     api.delete("v1", "Namespace", namespace)
-            finally:
+                except Exception as exc:
+                    errors.append(f"delete namespace {namespace}: {exc}")
+            try:
                 api.close()
-                with self._lock:
-                    self._api = None
+            except Exception as exc:
+                errors.append(f"close the API client: {exc}")
+            with self._lock:
+                self._api = None
+        if errors:
+            raise DataplaneError(
+                f"kubeconfig cleanup incomplete ({self.where}): " + "; ".join(errors)
+            )
 
 
 def plan_text(option: Callable[[str], Any]) -> str:
