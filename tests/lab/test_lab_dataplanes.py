@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 
 import numpy as np
@@ -11,6 +13,8 @@ from scipy.stats import chisquare
 
 from pytest_dataplane import DataplaneAssertionError, assert_kube_rules_at_most
 from pytest_dataplane.providers.lab import iptables as ipt_layout
+from pytest_dataplane.providers.lab.cluster import LabCluster
+from pytest_dataplane.providers.lab.netns import in_netns
 
 DATAPLANES = ["iptables", "nftables", "ebpf"]
 
@@ -46,6 +50,65 @@ def test_endpoint_changes_reach_the_dataplane(lab_cluster, plane: str) -> None:
     assert np.all(latencies > 0)
     names = [e.name for e in service.events]
     assert names.count("endpoint-added") == 4 and names.count("endpoint-removed") == 3
+
+
+# Below every MAC the kernel draws for a veth: a Linux bridge whose own address was never set
+# takes the lowest address among its ports, so this port's address becomes the bridge's.
+LOWEST_MAC = "02:00:00:00:00:01"
+
+
+def _bridge_mac(cluster: LabCluster) -> str:
+    return in_node(cluster, "ip", "-brief", "link", "show", "cbr0").split()[2]
+
+
+def _node_has_link(cluster: LabCluster, name: str) -> bool:
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{cluster.topology.node}", "--", "ip", "link", "show", name],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("plane", DATAPLANES)
+def test_a_pod_keeps_its_gateway_when_other_pods_go(lab_cluster, plane: str) -> None:
+    """Pods cache the bridge's MAC as their gateway's. If the bridge took a removed pod's
+    port address, it changes address when that port goes (which the kernel does after
+    ``ip netns delete`` returns, whenever it tears the namespace down): the pods' frames
+    to the old address are dropped until their ARP entry expires, and a response in flight
+    at that moment, or a connection the pod opens, times out (how a scale-down with grace 0
+    can make test_endpoint_changes_reach_the_dataplane time out). Forced here: the leaving
+    pod's port gets the lowest address, and is gone before the staying pod connects."""
+    cluster = lab_cluster(plane)
+    service = cluster.deploy("backend", replicas=2)
+    staying, leaving = service.pods
+    in_node(cluster, "ip", "link", "set", f"vp{leaving.slot}", "address", LOWEST_MAC)
+    bridge_mac = _bridge_mac(cluster)
+    client_ip = cluster.plan.client_ip
+
+    def listen() -> socket.socket:
+        listener = socket.create_server((client_ip, 0))
+        listener.settimeout(5)
+        return listener
+
+    def connect_from_staying_pod(port: int) -> None:
+        in_netns(staying.netns, lambda: socket.create_connection((client_ip, port), 3).close())
+
+    with in_netns(cluster.topology.client, listen) as listener:
+        port = listener.getsockname()[1]
+        connect_from_staying_pod(port)  # the staying pod resolves its gateway now
+        listener.accept()[0].close()
+        service.scale(1, grace=0)
+        deadline = time.monotonic() + 60
+        while _node_has_link(cluster, f"vp{leaving.slot}"):
+            assert time.monotonic() < deadline, "the leaving pod's port outlived 60 s"
+            time.sleep(0.05)
+        connect_from_staying_pod(port)
+        listener.accept()[0].close()
+    assert _bridge_mac(cluster) == bridge_mac
+    cluster.wait_programmed()
+    answered = run_client(service, 20)
+    assert answered == {"pods": {"backend-1": 20}, "errors": {}}
 
 
 def test_iptables_rule_counts_match_kube_proxy(lab_cluster) -> None:

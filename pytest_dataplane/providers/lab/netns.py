@@ -50,6 +50,13 @@ class AddressPlan:
         return f"10.{64 + self.block}.0.1"
 
     @property
+    def bridge_mac(self) -> str:
+        """The bridge's own MAC, set once: 0a:58 and its IPv4 address, a locally administered
+        unicast address as CNI plugins derive them."""
+        octets = (int(part) for part in self.bridge_ip.split("."))
+        return "0a:58:" + ":".join(f"{octet:02x}" for octet in octets)
+
+    @property
     def client_ip(self) -> str:
         return f"10.{64 + self.block}.1.1"
 
@@ -156,7 +163,11 @@ class Topology:
         def node_side() -> None:
             with IPRoute() as node:
                 node.link("set", index=node.link_lookup(ifname="lo")[0], state="up")
-                node.link("add", ifname="cbr0", kind="bridge")
+                # A bridge whose address was never set takes the lowest of its ports'
+                # addresses and changes it when that port goes. Pods hold the bridge's address
+                # as their gateway's, so their frames would be dropped until their ARP entry
+                # expires whenever a pod leaves: give the bridge an address of its own.
+                node.link("add", ifname="cbr0", kind="bridge", address=self.plan.bridge_mac)
                 bridge = node.link_lookup(ifname="cbr0")[0]
                 node.addr("add", index=bridge, address=self.plan.bridge_ip, prefixlen=24)
                 node.link("set", index=bridge, state="up")
