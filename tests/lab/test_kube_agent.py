@@ -559,6 +559,97 @@ def test_lease_body_is_owned_by_the_node_and_renewed_with_micro_time() -> None:
     assert lease_body("node-0", None, wall=T0)["spec"]["renewTime"].endswith(".000000Z")
 
 
+# ---------------------------------------------------------------------- the pod watch
+
+
+def _pod(name: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": version}}
+
+
+class _ScriptedApi:
+    """Answers of an API server, scripted: lists and watch streams in the order given."""
+
+    def __init__(self, lists: list[dict[str, Any]], streams: list[list[dict[str, Any]]]) -> None:
+        self.lists, self.streams = lists, streams
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.agent: Any = None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("list", dict(kwargs.get("query") or {})))
+        return self.lists.pop(0)
+
+    def watch(self, path: str, query: dict[str, str]) -> Iterator[dict[str, Any]]:
+        self.calls.append(("watch", dict(query)))
+        if not self.streams:
+            self.agent.stopping.set()
+            return
+        yield from self.streams.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_pod_watch_resumes_from_its_resource_version_and_relists_on_410(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_dataplane.providers.lab.kube import agent as agent_module
+
+    scripted = _ScriptedApi(
+        lists=[
+            {"metadata": {"resourceVersion": "10"}, "items": [_pod("a", "9")]},
+            {"metadata": {"resourceVersion": "30"}, "items": [_pod("b", "25")]},
+        ],
+        streams=[
+            # A watch that ends (its timeout) after an event and a bookmark: resume from 15.
+            [
+                {"type": "ADDED", "object": _pod("b", "12")},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+            ],
+            # Too old by now: 410 Gone in the stream, so the agent lists again.
+            [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "gone"}}],
+            [{"type": "DELETED", "object": _pod("b", "31")}],
+        ],
+    )
+    monkeypatch.setattr(agent_module, "_Api", lambda *args: scripted)
+    agent = agent_module.Agent(NodeConfig(**CONFIG), "unused")
+    scripted.agent = agent
+    dispatched: list[tuple[str, str, str]] = []
+    posted: list[tuple[Any, ...]] = []
+
+    class Worker:
+        uid = "uid-a"
+
+        def post(self, *message: Any) -> None:
+            posted.append(message)
+
+    def dispatch(kind: str, pod: dict[str, Any]) -> None:
+        dispatched.append((kind, pod["metadata"]["name"], pod["metadata"]["resourceVersion"]))
+        if pod["metadata"]["name"] == "a":
+            agent.workers["uid-a"] = Worker()  # type: ignore[assignment]
+
+    monkeypatch.setattr(agent, "_dispatch", dispatch)
+    agent._watch()
+
+    selector = "spec.nodeName=node-0"
+    assert scripted.calls == [
+        ("list", {"fieldSelector": selector}),
+        ("watch", {"fieldSelector": selector, "resourceVersion": "10"}),
+        ("watch", {"fieldSelector": selector, "resourceVersion": "15"}),
+        ("list", {"fieldSelector": selector}),
+        ("watch", {"fieldSelector": selector, "resourceVersion": "30"}),
+        ("watch", {"fieldSelector": selector, "resourceVersion": "31"}),
+    ]
+    assert dispatched == [
+        ("MODIFIED", "a", "9"),
+        ("ADDED", "b", "12"),
+        ("MODIFIED", "b", "25"),
+        ("DELETED", "b", "31"),
+    ]
+    # Pod a was missing from the relist: deleted while the watch was broken. Its worker is
+    # told it is gone.
+    assert posted == [("gone",)]
+
+
 # ====================================================================== for real
 #
 # A lab cluster (the control plane's KubeLab) whose node agent runs the pods. Waits are on
