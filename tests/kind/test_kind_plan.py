@@ -107,7 +107,10 @@ def test_plan_touches_no_docker_and_writes_nothing(
     )
     assert done.returncode == 0, done.stderr
     assert "kind: 0.24.0" in done.stdout
-    assert "node image: kind 0.24.0's default (Kubernetes 1.31.0 or newer)" in done.stdout
+    assert (
+        "node image: kindest/node:v1.31.0@sha256:53df588e04085fd41ae12de0c3fe4c72f7013bba32a20e7"
+        "325357a1ac94ba865 (kind 0.24.0's default)"
+    ) in done.stdout
     for dataplane in ("iptables", "nftables", "ipvs", "ebpf"):
         assert f"== {dataplane}: cluster dpt-{dataplane}-" in done.stdout
     calls = (bin_dir / "calls.log").read_text().splitlines()
@@ -204,3 +207,15 @@ def test_option_defaults_match_the_providers(pytester: pytest.Pytester) -> None:
     assert f"(default: {DEFAULT_CILIUM_VERSION})" in text
     assert f"(default: {AGNHOST_IMAGE})" in text
     assert f"(default: {AGENT_IMAGE})" in text
+
+
+def test_plan_names_the_exact_default_image_only_for_known_releases(tmp_path: Path) -> None:
+    from pytest_dataplane.providers.kind.config import KindSettings
+    from pytest_dataplane.providers.kind.plan import build_plan
+    from pytest_dataplane.providers.kind.versions import Version
+
+    known = build_plan("iptables", KindSettings(), kind_version=Version(0, 32, 0), root=tmp_path)
+    assert known.node_image.startswith("kindest/node:v1.36.1@sha256:3489c767")
+    assert known.node_image.endswith("(kind 0.32.0's default)")
+    between = build_plan("iptables", KindSettings(), kind_version=Version(0, 27, 5), root=tmp_path)
+    assert between.node_image == "kind 0.27.5's default (Kubernetes 1.32.2 or newer)"

@@ -8,6 +8,7 @@ from pytest_dataplane.providers.kind.versions import (
     DEFAULT_CILIUM_VERSION,
     Version,
     cilium_cli,
+    kind_default_image,
     kind_default_kubernetes,
     kube_proxy_replacement_value,
     kubernetes_of_image,
@@ -95,6 +96,18 @@ def test_kind_default_kubernetes_is_a_lower_bound() -> None:
 )
 def test_kind_default_node_images(kind: str, kubernetes: str) -> None:
     assert kind_default_kubernetes(Version.parse(kind)) == Version.parse(kubernetes)
+    image = kind_default_image(Version.parse(kind))
+    assert image is not None and image.startswith(f"kindest/node:v{kubernetes}@sha256:")
+
+
+def test_exact_default_images_of_the_added_releases() -> None:
+    assert kind_default_image(Version(0, 28, 0)) == (
+        "kindest/node:v1.33.1@sha256:8d866994839cd096b3590681c55a6fa4a071fdaf33be7b9660e5697d2ed13002"
+    )
+    assert kind_default_image(Version(0, 32, 0)) == (
+        "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+    )
+    assert kind_default_image(Version(0, 27, 5)) is None  # only releases the table names
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import Any
 from .cluster import state_root
 from .config import KindSettings, cluster_name, helm_install_argv, kind_config, preload_images
 from .tools import Tools, find_tools, kind_version
-from .versions import Version, kind_default_kubernetes, nftables_problem
+from .versions import Version, kind_default_image, kind_default_kubernetes, nftables_problem
 
 __all__ = ["ClusterPlan", "build_plan", "check_plan", "command_line", "render_plans"]
 
@@ -58,10 +58,14 @@ def build_plan(
         create.append(f"--image={settings.node_image}")
         node_image = settings.node_image
     elif kind_version is not None:
+        exact = kind_default_image(kind_version)
         default = kind_default_kubernetes(kind_version)
-        node_image = f"kind {kind_version}'s default" + (
-            f" (Kubernetes {default} or newer)" if default else ""
-        )
+        if exact is not None:
+            node_image = f"{exact} (kind {kind_version}'s default)"
+        else:
+            node_image = f"kind {kind_version}'s default" + (
+                f" (Kubernetes {default} or newer)" if default else ""
+            )
     else:
         node_image = "kind's default (kind not found: version unknown)"
     create += ["--config", str(config_path)]

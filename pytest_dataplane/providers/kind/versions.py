@@ -21,12 +21,14 @@ __all__ = [
     "AGNHOST_IMAGE",
     "CILIUM_CHART_REPO",
     "DEFAULT_CILIUM_VERSION",
+    "KIND_DEFAULT_IMAGES",
     "KIND_DEFAULT_KUBERNETES",
     "NFTABLES_MIN_KIND",
     "NFTABLES_MIN_KUBERNETES",
     "SUPPORTED_CILIUM",
     "Version",
     "cilium_cli",
+    "kind_default_image",
     "kind_default_kubernetes",
     "kube_proxy_replacement_value",
     "kubernetes_of_image",
@@ -92,24 +94,66 @@ NFTABLES_MIN_KIND: Final = Version(0, 23, 0)
 # --delay-shutdown, and is the image Kubernetes' own Service conformance tests use.
 AGNHOST_IMAGE: Final = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 
-# kind release -> Kubernetes version of its default node image, as each release's own
-# pkg/apis/config/defaults/image.go names it (read at the release tags). A kind version
-# between two entries is taken to default to at least the lower entry's.
-KIND_DEFAULT_KUBERNETES: Final = {
-    Version(0, 19, 0): Version(1, 27, 1),
-    Version(0, 20, 0): Version(1, 27, 3),
-    Version(0, 21, 0): Version(1, 29, 1),
-    Version(0, 22, 0): Version(1, 29, 2),
-    Version(0, 23, 0): Version(1, 30, 0),
-    Version(0, 24, 0): Version(1, 31, 0),
-    Version(0, 25, 0): Version(1, 31, 2),
-    Version(0, 26, 0): Version(1, 32, 0),
-    Version(0, 27, 0): Version(1, 32, 2),
-    Version(0, 28, 0): Version(1, 33, 1),
-    Version(0, 29, 0): Version(1, 33, 1),
-    Version(0, 30, 0): Version(1, 34, 0),
-    Version(0, 31, 0): Version(1, 35, 0),
-    Version(0, 32, 0): Version(1, 36, 1),
+# kind release -> its default node image, as the release's own
+# pkg/apis/config/defaults/image.go names it (read at each release tag). A kind version between
+# two entries is taken to default to at least the lower entry's Kubernetes.
+KIND_DEFAULT_IMAGES: Final = {
+    Version(0, 19, 0): (
+        "kindest/node:v1.27.1"
+        "@sha256:b7d12ed662b873bd8510879c1846e87c7e676a79fefc93e17b2a52989d3ff42b"
+    ),
+    Version(0, 20, 0): (
+        "kindest/node:v1.27.3"
+        "@sha256:3966ac761ae0136263ffdb6cfd4db23ef8a83cba8a463690e98317add2c9ba72"
+    ),
+    Version(0, 21, 0): (
+        "kindest/node:v1.29.1"
+        "@sha256:a0cc28af37cf39b019e2b448c54d1a3f789de32536cb5a5db61a49623e527144"
+    ),
+    Version(0, 22, 0): (
+        "kindest/node:v1.29.2"
+        "@sha256:51a1434a5397193442f0be2a297b488b6c919ce8a3931be0ce822606ea5ca245"
+    ),
+    Version(0, 23, 0): (
+        "kindest/node:v1.30.0"
+        "@sha256:047357ac0cfea04663786a612ba1eaba9702bef25227a794b52890dd8bcd692e"
+    ),
+    Version(0, 24, 0): (
+        "kindest/node:v1.31.0"
+        "@sha256:53df588e04085fd41ae12de0c3fe4c72f7013bba32a20e7325357a1ac94ba865"
+    ),
+    Version(0, 25, 0): (
+        "kindest/node:v1.31.2"
+        "@sha256:18fbefc20a7113353c7b75b5c869d7145a6abd6269154825872dc59c1329912e"
+    ),
+    Version(0, 26, 0): (
+        "kindest/node:v1.32.0"
+        "@sha256:c48c62eac5da28cdadcf560d1d8616cfa6783b58f0d94cf63ad1bf49600cb027"
+    ),
+    Version(0, 27, 0): (
+        "kindest/node:v1.32.2"
+        "@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f"
+    ),
+    Version(0, 28, 0): (
+        "kindest/node:v1.33.1"
+        "@sha256:8d866994839cd096b3590681c55a6fa4a071fdaf33be7b9660e5697d2ed13002"
+    ),
+    Version(0, 29, 0): (
+        "kindest/node:v1.33.1"
+        "@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f"
+    ),
+    Version(0, 30, 0): (
+        "kindest/node:v1.34.0"
+        "@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"
+    ),
+    Version(0, 31, 0): (
+        "kindest/node:v1.35.0"
+        "@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f"
+    ),
+    Version(0, 32, 0): (
+        "kindest/node:v1.36.1"
+        "@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+    ),
 }
 
 
@@ -159,6 +203,20 @@ def kubernetes_of_image(image: str) -> Version | None:
         return Version.parse(tag)
     except ValueError:
         return None
+
+
+# kind release -> Kubernetes version of its default node image.
+KIND_DEFAULT_KUBERNETES: Final = {
+    kind: version
+    for kind, image in KIND_DEFAULT_IMAGES.items()
+    if (version := kubernetes_of_image(image)) is not None
+}
+
+
+def kind_default_image(kind_version: Version) -> str | None:
+    """The default node image of exactly this kind release (None when it is not in
+    :data:`KIND_DEFAULT_IMAGES`)."""
+    return KIND_DEFAULT_IMAGES.get(kind_version)
 
 
 def nftables_problem(kind_version: Version | None, image: str | None) -> str | None:
