@@ -650,6 +650,182 @@ def test_the_pod_watch_resumes_from_its_resource_version_and_relists_on_410(
     assert posted == [("gone",)]
 
 
+# ---------------------------------------------------------------------- pods, without a cluster
+#
+# Real namespaces and backend processes on a node namespace of the test's own; the API server
+# is replaced by a recorder of what the agent writes, so that the order of its actions can be
+# checked exactly. The same behaviour against a real API server is tested further down.
+
+NODE_CIDR = "10.250.0.0/24"
+NODE_GATEWAY = "10.250.0.1"
+
+
+class RecordingApi:
+    """Takes the agent's writes (status patches, deletions) and records them, with whether
+    the pod's namespace existed at that moment."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.changed = threading.Condition()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        netns = [n for n in os.listdir("/run/netns") if "-pod-node-0-" in n]
+        with self.changed:
+            self.calls.append({"method": method, "path": path, "netns": netns, **kwargs})
+            self.changed.notify_all()
+        return {}
+
+    def wait(self, found: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        with self.changed:
+            while True:
+                for call in self.calls:
+                    if found(call):
+                        return call
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"no {what} after 60 s: {[c['method'] for c in self.calls]}")
+                self.changed.wait(left)
+
+    def close(self) -> None:
+        pass
+
+
+def _status_of(call: dict[str, Any]) -> dict[str, Any]:
+    return call.get("body", {}).get("status", {})  # type: ignore[no-any-return]
+
+
+def _ready_in(call: dict[str, Any]) -> bool:
+    return call["method"] == "PATCH" and _ready({"status": _status_of(call)})
+
+
+@pytest.fixture
+def bare_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RecordingApi]]:
+    """An agent on a node namespace with a bridge, writing to a :class:`RecordingApi`."""
+    if os.geteuid() != 0:
+        pytest.skip("the node agent needs root to create network namespaces")
+    from pytest_dataplane.providers.lab import netns
+    from pytest_dataplane.providers.lab._session import Session
+    from pytest_dataplane.providers.lab.cleanup import remove_session
+    from pytest_dataplane.providers.lab.kube import agent as agent_module
+
+    session = Session.new()
+    api = RecordingApi()
+    monkeypatch.setattr(agent_module, "_Api", lambda *args: api)
+    agent = None
+    try:
+        node = f"{session.prefix}-node0"
+        netns.create(node)
+
+        def bridge() -> None:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ip:
+                ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+                ip.link("add", ifname="cbr0", kind="bridge")
+                index = ip.link_lookup(ifname="cbr0")[0]
+                ip.addr("add", index=index, address=NODE_GATEWAY, prefixlen=24)
+                ip.link("set", index=index, state="up")
+
+        netns.in_netns(node, bridge)
+        config = NodeConfig(
+            name="node-0",
+            netns=node,
+            bridge="cbr0",
+            gateway=NODE_GATEWAY,
+            internal_ip=NODE_GATEWAY,
+            pod_cidr=NODE_CIDR,
+            prefix=session.prefix,
+            run_dir=str(session.state_dir / "pods"),
+        )
+        agent = agent_module.Agent(config, "unused")
+        yield agent, api
+    finally:
+        if agent is not None:
+            agent.shutdown()
+        remove_session(session.prefix)
+
+
+def _bare_pod(name: str, image: str = "backend:v3", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": f"{name}-0123456789"},
+        "spec": {
+            "nodeName": "node-0",
+            "containers": [{"name": "backend", "image": image}],
+            **spec,
+        },
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+
+
+def test_agent_runs_a_pod_and_finalises_its_deletion_in_order(
+    bare_node: tuple[Any, RecordingApi],
+) -> None:
+    agent, api = bare_node
+    pod = _bare_pod("web", terminationGracePeriodSeconds=30)
+    agent._dispatch("ADDED", pod)
+    ready = api.wait(_ready_in, "Ready status")
+    status = _status_of(ready)
+    ip = status["podIP"]
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(NODE_CIDR) and ip != NODE_GATEWAY
+    assert status["hostIP"] == NODE_GATEWAY and status["phase"] == "Running"
+    assert ready["body"]["metadata"] == {"uid": pod["metadata"]["uid"]}
+    assert ready["content_type"] == "application/strategic-merge-patch+json"
+    [netns] = ready["netns"]
+    assert netns.startswith(f"{agent.config.prefix}-pod-node-0-web-")
+    answer = _get(ip, agent.config.netns)
+    assert (answer["X-Version"], answer["X-Pod"]) == ("v3", "web")
+
+    deleted = json.loads(json.dumps(pod))
+    deleted["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deleted["metadata"]["deletionGracePeriodSeconds"] = 1
+    before = len(api.calls)
+    agent._dispatch("MODIFIED", deleted)
+    delete = api.wait(lambda c: c["method"] == "DELETE", "deletion")
+    after = api.calls[before:]
+    # Serving through the grace period (Ready), then SIGTERM (not ready), then the final
+    # status, then the namespace removed, then the Pod deleted with grace 0 and its uid.
+    [unready, final, _] = after
+    assert (
+        not _ready_in(unready) and "running" in _status_of(unready)["containerStatuses"][0]["state"]
+    )
+    assert _status_of(final)["phase"] == "Succeeded"
+    assert _status_of(final)["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert final["netns"] == [netns]
+    assert delete["netns"] == []
+    assert delete["query"] == {"gracePeriodSeconds": "0"}
+    assert delete["body"] == {"preconditions": {"uid": pod["metadata"]["uid"]}}
+
+
+def test_agent_restarts_a_crashed_backend_and_reports_an_unknown_image(
+    bare_node: tuple[Any, RecordingApi],
+) -> None:
+    agent, api = bare_node
+    agent._dispatch("ADDED", _bare_pod("crashy"))
+    agent._dispatch("ADDED", _bare_pod("nginx", image="nginx:1.27"))
+    ready = api.wait(lambda c: _ready_in(c) and "crashy" in c["path"], "crashy Ready")
+    first_id = _status_of(ready)["containerStatuses"][0]["containerID"]
+    [worker] = [w for w in agent.workers.values() if w.name == "crashy"]
+    os.kill(worker.containers[0].process.pid, signal.SIGKILL)
+    again = api.wait(
+        lambda c: _ready_in(c) and _status_of(c)["containerStatuses"][0]["restartCount"] == 1,
+        "crashy Ready again",
+    )
+    status = _status_of(again)["containerStatuses"][0]
+    assert status["lastState"]["terminated"]["exitCode"] == 137
+    assert status["lastState"]["terminated"]["containerID"] == first_id != status["containerID"]
+    pulled = api.wait(lambda c: "nginx" in c["path"], "nginx status")
+    assert _status_of(pulled)["phase"] == "Pending"
+    waiting = _status_of(pulled)["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ErrImagePull" and "backend:<version>" in waiting["message"]
+
+    # Stopping the agent stops every pod and removes every namespace, without API calls.
+    before = len(api.calls)
+    assert agent.shutdown() == 0
+    assert [n for n in os.listdir("/run/netns") if n.startswith(f"{agent.config.prefix}-pod")] == []
+    assert api.calls[before:] == []
+
+
 # ====================================================================== for real
 #
 # A lab cluster (the control plane's KubeLab) whose node agent runs the pods. Waits are on
