@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 
 from pytest_dataplane import DataplaneAssertionError, assert_kube_rules_at_most
 from pytest_dataplane.providers.lab import iptables as ipt_layout
+from pytest_dataplane.providers.lab._sync import Change
 from pytest_dataplane.providers.lab.cluster import LabCluster
 from pytest_dataplane.providers.lab.netns import in_netns
 
@@ -50,6 +51,36 @@ def test_endpoint_changes_reach_the_dataplane(lab_cluster, plane: str) -> None:
     assert np.all(latencies > 0)
     names = [e.name for e in service.events]
     assert names.count("endpoint-added") == 4 and names.count("endpoint-removed") == 3
+
+
+def test_an_endpoint_change_is_submitted_before_its_pod_shows_ready(
+    lab_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wait_programmed() covers the changes submitted before it. A pod's readiness is what
+    deploy() and scale() wait for before they (or the test) wait for the dataplane, so the
+    change adding its endpoint must be submitted, with the endpoint in the desired state,
+    before the pod shows ready; a pod-watch thread that set ready first could be overtaken
+    by wait_programmed() and the wait would end without the new endpoint."""
+    cluster = lab_cluster("ebpf")
+    seen: list[tuple[str, bool, bool]] = []
+    submit = cluster._sync.submit
+
+    def checking_submit(changes: list[Change] | None = None, *, full: bool = False) -> int:
+        for change in changes or ():
+            service = cluster._services.get(change.service.split("/")[1].split(":")[0])
+            for pod in service.pods if service is not None else ():
+                if change.description.endswith(f"added {pod.ip}"):
+                    endpoint = f"{pod.ip}:{service.port}"
+                    desired = {str(e) for e in cluster._desired()[service.key].endpoints}
+                    seen.append((pod.name, pod.ready.is_set(), endpoint in desired))
+        return submit(changes, full=full)
+
+    monkeypatch.setattr(cluster._sync, "submit", checking_submit)
+    service = cluster.deploy("backend", replicas=2)
+    service.scale(3)
+    assert sorted(seen) == [(f"backend-{i}", False, True) for i in (1, 2, 3)]
+    cluster.wait_programmed()
+    assert set(run_client(service, 300)["pods"]) == {"backend-1", "backend-2", "backend-3"}
 
 
 # Below every MAC the kernel draws for a veth: a Linux bridge whose own address was never set

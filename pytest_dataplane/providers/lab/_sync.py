@@ -9,6 +9,14 @@ changes as they come: its ``min_sync_period`` is 0.
 For each endpoint change this loop records the network-programming latency — seconds from
 the change to the end of the sync that put it in the kernel, as Kubernetes' SLI defines it —
 and the CPU seconds of that sync, shared among the changes it carried.
+
+A proxier rewrites only the services a sync names as changed, so the names and the desired
+state a sync reads must agree: whoever changes the desired state submits the change while
+holding ``lock``, and the loop holds ``lock`` while it takes the pending changes and reads
+the desired state. Otherwise a change made between the two would be in the state but not
+in the names, and kube-proxy's layouts would delete an endpoint chain that a service chain,
+not rewritten, still jumps to (a failed sync) or the eBPF maps would skip it until the next
+change.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from ...errors import DataplaneError
@@ -46,7 +55,11 @@ class SyncRecord:
 
 
 class SyncLoop:
-    """A thread that keeps ``proxier`` in step with ``desired()``."""
+    """A thread that keeps ``proxier`` in step with ``desired()``.
+
+    ``lock`` guards the desired state: hold it while changing that state and submitting the
+    change (see the module's docstring).
+    """
 
     def __init__(
         self,
@@ -56,11 +69,13 @@ class SyncLoop:
         min_sync_period: float,
         burst: int = 2,
         full_sync_period: float = 3600.0,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
         if min_sync_period < 0:
             raise ValueError(f"min_sync_period: {min_sync_period!r} must be >= 0 seconds")
         self.proxier = proxier
         self._desired = desired
+        self._state_lock: AbstractContextManager[object] = lock or nullcontext()
         self.min_sync_period = min_sync_period
         self.burst = burst
         self.full_sync_period = full_sync_period
@@ -146,13 +161,14 @@ class SyncLoop:
             if delay > 0:
                 time.sleep(delay)
                 continue
-            with self._cond:
-                changes = tuple(self._pending)
-                self._pending.clear()
-                full = self._need_full
-                self._need_full = False
-                generation = self._requested
-            services = dict(self._desired())
+            with self._state_lock:  # the changes taken and the state read must agree
+                with self._cond:
+                    changes = tuple(self._pending)
+                    self._pending.clear()
+                    full = self._need_full
+                    self._need_full = False
+                    generation = self._requested
+                services = dict(self._desired())
             names = None if full else {c.service for c in changes}
             try:
                 result = self.proxier.sync(services, names)

@@ -4,7 +4,10 @@ A pod is a network namespace on the node's bridge running the lab backend; a Dep
 a set of pods of one version; the "EndpointSlice controller" here adds a pod to its service's
 endpoints when the pod is ready and removes it first when the pod is deleted, before the pod
 is stopped after its grace period. Endpoint changes go to the proxier through
-:class:`~._sync.SyncLoop`, which schedules syncs like kube-proxy.
+:class:`~._sync.SyncLoop`, which schedules syncs like kube-proxy; each is submitted under
+the cluster's lock together with the change of state it describes, and before anyone can
+see its effect (a pod ready), so that a sync never reads a change it was not told of and
+:meth:`LabCluster.wait_programmed` covers every change already visible.
 """
 
 from __future__ import annotations
@@ -353,7 +356,9 @@ class LabCluster:
                 self.client_cgroup = str(path)
             self.proxier: Proxier = make_proxier(self)
             self.proxier.start()
-            self._sync = SyncLoop(self.proxier, self._desired, min_sync_period=min_sync_period)
+            self._sync = SyncLoop(
+                self.proxier, self._desired, min_sync_period=min_sync_period, lock=self._lock
+            )
             self._sync.start()
             self._sync.wait(self._sync.submit(full=True))
         except BaseException:
@@ -426,10 +431,11 @@ class LabCluster:
                     ),
                 )
                 changes.append(Change(key, started, f"{key} created", endpoint_change=False))
+            generation = self._sync.submit(changes)
         self._event(
             "background-services", count=count, endpoints=endpoints, total=len(self._background)
         )
-        self._sync.wait(self._sync.submit(changes))
+        self._sync.wait(generation)
         took = now() - started
         self.timings["program_background"] = took
         self._event("background-programmed", count=count, seconds=took)
@@ -493,7 +499,10 @@ class LabCluster:
             self._sync.stop()
             reset()
             self._sync = SyncLoop(
-                self.proxier, self._desired, min_sync_period=self._sync.min_sync_period
+                self.proxier,
+                self._desired,
+                min_sync_period=self._sync.min_sync_period,
+                lock=self._lock,
             )
             self._sync.start()
         self._sync.wait(self._sync.submit(full=True))
@@ -562,7 +571,6 @@ class LabCluster:
         with self._lock:
             if pod.terminating:
                 return
-            pod.ready.set()
             service._endpoints.append(pod)
             event = self._event(
                 "endpoint-added",
@@ -570,7 +578,10 @@ class LabCluster:
                 endpoint=f"{pod.ip}:{service.port}",
                 pod=pod.name,
             )
-        self._sync.submit([Change(service.key, event.time, f"{service.name}: added {pod.ip}")])
+            self._sync.submit([Change(service.key, event.time, f"{service.name}: added {pod.ip}")])
+            # Only now: whoever sees the pod ready and then waits for the dataplane must find
+            # this change submitted, or wait_programmed() could return without it.
+            pod.ready.set()
         self._pod_changed.set()
 
     def _remove_endpoint(self, service: LabService, pod: _Pod) -> None:
@@ -584,7 +595,9 @@ class LabCluster:
                 endpoint=f"{pod.ip}:{service.port}",
                 pod=pod.name,
             )
-        self._sync.submit([Change(service.key, event.time, f"{service.name}: removed {pod.ip}")])
+            self._sync.submit(
+                [Change(service.key, event.time, f"{service.name}: removed {pod.ip}")]
+            )
         self._pod_changed.set()
 
     def _stop_pod(self, service: LabService, pod: _Pod) -> None:
