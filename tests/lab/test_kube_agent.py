@@ -700,8 +700,11 @@ def _ready_in(call: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def bare_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RecordingApi]]:
-    """An agent on a node namespace with a bridge, writing to a :class:`RecordingApi`."""
+def bare_node(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[Any, RecordingApi]]:
+    """An agent on a node namespace with a bridge, writing to a :class:`RecordingApi`;
+    ``request.param``: how many spare backends it keeps (default: the agent's own)."""
     if os.geteuid() != 0:
         pytest.skip("the node agent needs root to create network namespaces")
     from pytest_dataplane.providers.lab import netns
@@ -712,6 +715,7 @@ def bare_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RecordingA
     session = Session.new()
     api = RecordingApi()
     monkeypatch.setattr(agent_module, "_Api", lambda *args: api)
+    monkeypatch.setattr(agent_module, "SPARES", getattr(request, "param", agent_module.SPARES))
     agent = None
     try:
         node = f"{session.prefix}-node0"
@@ -758,6 +762,7 @@ def _bare_pod(name: str, image: str = "backend:v3", **spec: Any) -> dict[str, An
     }
 
 
+@pytest.mark.parametrize("bare_node", [0, 2], indirect=True, ids=["cold", "spares"])
 def test_agent_runs_a_pod_and_finalises_its_deletion_in_order(
     bare_node: tuple[Any, RecordingApi],
 ) -> None:
@@ -1268,9 +1273,13 @@ def test_the_agent_stops_every_pod_on_sigterm(lab: Any, namespace: str) -> None:
     prefix = lab.agent_netns_prefix("node-0")
     assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
     agent = lab.processes["agent-node-0"]
-    backends = f"pytest_dataplane.providers.lab.backend .* --parent {agent.pid}\\b"
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert len(re.findall(backends, processes.stdout)) == 2
+    for netns in [n for n in os.listdir("/run/netns") if n.startswith(prefix)]:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
+        )
+        assert len(pids.stdout.split()) == 1, netns  # the pod's backend
+    # Every backend of the agent, pods and spares, names it as the parent it dies with.
+    backends = f"pytest_dataplane.providers.lab.backend .*--parent {agent.pid}\\b"
     agent.signal(signal.SIGTERM)
     assert agent.popen.wait(timeout=60) == 0, agent.tail()
     assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []

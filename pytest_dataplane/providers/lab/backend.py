@@ -5,6 +5,11 @@ namespace. It prints ``READY`` once its listening socket accepts connections (th
 readiness signal), optionally delays each response by a service time drawn from a
 distribution (to emulate an application), and on SIGTERM stops accepting, finishes what it
 is serving and exits — which is what turns a lagging dataplane into refused connections.
+
+With ``--spare`` it starts without a pod: it does its imports, then waits for one JSON line on
+stdin naming the pod (``netns``, ``name``, ``port``, ``version``, optional ``service_time``,
+``seed``, ``drain``, ``log``), enters that network namespace and serves. A node agent keeps
+one or two spares ready so that a new pod does not wait for an interpreter to start.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from ...config import ServiceTime
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 
 
 def _sampler(spec: str | None, seed: int | None) -> Callable[[], float]:
@@ -135,9 +141,39 @@ class _Backend:
                 connection.transport.close()
 
 
+def _become(args: argparse.Namespace, line: str) -> None:
+    """Take the pod a spare was waiting for: its settings, its log, its network namespace."""
+    import json
+
+    spec = json.loads(line)
+    args.name = str(spec["name"])
+    args.port = int(spec.get("port", args.port))
+    args.version = str(spec.get("version", args.version))
+    args.service_time = spec.get("service_time")
+    args.seed = spec.get("seed")
+    if spec.get("drain") is not None:
+        args.drain = float(spec["drain"])
+    if spec.get("log"):
+        log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
+    # Before any socket exists: every socket made from here on lives in the pod's namespace.
+    libc = ctypes.CDLL(None, use_errno=True)
+    netns = os.open(spec["netns"], os.O_RDONLY)
+    try:
+        if libc.setns(netns, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {spec['netns']}: {os.strerror(error)}")
+    finally:
+        os.close(netns)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="pytest-dataplane lab backend pod")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", default=None, help="The pod's name (required unless --spare)")
+    parser.add_argument(
+        "--spare", action="store_true", help="Wait on stdin for the pod to become (JSON line)"
+    )
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--version", default="v1")
@@ -146,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=5.0, help="seconds to finish in-flight")
     parser.add_argument("--parent", type=int, default=None, help="exit when this pid exits")
     args = parser.parse_args(argv)
+    if args.name is None and not args.spare:
+        parser.error("--name is required (or --spare)")
     if args.parent is not None:
         # Die with the lab: a SIGKILLed test run must not leave pods serving forever.
         libc = ctypes.CDLL(None, use_errno=True)
@@ -158,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
+    if args.spare:
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0  # not needed after all
+        _become(args, line)
     backend = _Backend(args.name, args.version, _sampler(args.service_time, args.seed))
     asyncio.run(backend.serve(args.host, args.port, args.drain))
     return 0

@@ -82,6 +82,7 @@ REQUEST_TIMEOUT: Final = (5.0, 30.0)  # connect, read: no API call may hang a th
 MIN_KILL_GRACE: Final = 2.0  # the kubelet's minimum time between SIGTERM and SIGKILL
 DEFAULT_GRACE: Final = 30.0
 DEFAULT_PORT: Final = 80
+SPARES: Final = 2  # backends kept started, waiting to become the next pods
 BACKOFF_FIRST: Final = 10.0
 BACKOFF_MAX: Final = 300.0
 BACKOFF_RESET: Final = 600.0  # a container running this long starts a fresh back-off
@@ -271,6 +272,20 @@ class ContainerPlan:
         if self.drain is not None:
             argv += ["--drain", repr(self.drain)]
         return argv
+
+    def spare_line(self, pod_name: str, netns_path: str, log_path: str) -> bytes:
+        """What a spare backend (``--spare``) reads to become this container."""
+        spec = {
+            "netns": netns_path,
+            "log": log_path,
+            "name": pod_name,
+            "port": self.port,
+            "version": self.version,
+            "service_time": self.service_time,
+            "seed": self.seed,
+            "drain": self.drain,
+        }
+        return json.dumps(spec).encode() + b"\n"
 
 
 def _container_port(container: Mapping[str, Any]) -> int:
@@ -1223,19 +1238,31 @@ class _PodWorker:
         container.restart_at = None
         log_dir = Path(self.agent.config.run_dir) / f"{self.namespace}_{self.name}_{self.uid}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        argv = _proc.in_netns(self.netns, plan.argv(self.name, os.getpid()))
-        try:
-            with open(log_dir / f"{plan.name}.log", "ab") as log_file:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=log_file,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            container.error = PodConfigError("RunContainerError", f"cannot start: {exc}")
-            return
+        log_path = log_dir / f"{plan.name}.log"
+        process = self.agent.spares.take()
+        if process is not None and process.stdin is not None:
+            try:
+                netns_path = f"{_proc.NETNS_DIR}/{self.netns}"
+                process.stdin.write(plan.spare_line(self.name, netns_path, str(log_path)))
+                process.stdin.close()
+            except OSError:  # it died meanwhile: start one the slow way
+                process.kill()
+                process.wait()
+                process = None
+        if process is None:
+            argv = _proc.in_netns(self.netns, plan.argv(self.name, os.getpid()))
+            try:
+                with open(log_path, "ab") as log_file:
+                    process = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=log_file,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                container.error = PodConfigError("RunContainerError", f"cannot start: {exc}")
+                return
         container.process = process
         container.started_at = time.time()
         container.started_mono = time.monotonic()
@@ -1471,6 +1498,89 @@ class _PodWorker:
         self.done = True
 
 
+class _Spares:
+    """Backends started ahead of need (``backend --spare``): each has done its imports and
+    waits on stdin for the pod it will be, so a new pod does not wait for an interpreter.
+
+    They are forked by one thread that lives as long as the agent: a child's parent-death
+    signal follows the thread that forked it, and a pod's backend must outlive the worker
+    that asked for it no more than the agent.
+    """
+
+    def __init__(self, count: int, run_dir: str) -> None:
+        self.count = count
+        self.run_dir = run_dir
+        self.ready: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
+        self.requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="spares", daemon=True)
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self.requests.put(True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest_dataplane.providers.lab.backend",
+            "--spare",
+            "--parent",
+            str(os.getpid()),
+        ]
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        while self.requests.get() and not self.closed:
+            try:
+                with open(Path(self.run_dir) / "spares.log", "ab") as log_file:
+                    process = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log_file,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                log.warning("cannot start a spare backend: %s", exc)
+                continue
+            self.spawned.append(process)
+            self.ready.put(process)
+        # Stay alive until the agent exits: the spares and the pods they became are
+        # children of this thread (see the class docstring).
+        threading.Event().wait()
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        """A waiting spare (and a replacement ordered), or None if none is ready."""
+        while not self.closed:
+            try:
+                process = self.ready.get_nowait()
+            except queue.Empty:
+                return None
+            self.requests.put(True)
+            if process.poll() is None:
+                return process
+        return None
+
+    def close(self) -> None:
+        """Let the unused spares go (an empty line: they exit)."""
+        self.closed = True
+        self.requests.put(False)
+        while True:
+            try:
+                process = self.ready.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(OSError):
+                if process.stdin is not None:
+                    process.stdin.close()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 # ====================================================================== the agent
 
 
@@ -1489,6 +1599,13 @@ class Agent:
         self.node_api = _Api(kubeconfig, "node")
         self.watch_api = _Api(kubeconfig, "watch")
         self.status_api = _Api(kubeconfig, "pods")
+        self.spares = _Spares(SPARES, config.run_dir)
+        self.spares.start()
+        # Imported now rather than by the first pod, whose start it would delay by ~0.1 s.
+        from pyroute2 import IPRoute  # noqa: F401
+
+        from .. import _proc, netns  # noqa: F401
+
         self.node_uid: str | None = None
         self.ready_since = time.time()
         self.version = ""
@@ -1677,6 +1794,7 @@ class Agent:
             worker.thread.join(MIN_KILL_GRACE + 10.0)
             if worker.thread.is_alive():
                 self.cleanup_errors.append(f"pod {worker.key}: did not stop")
+        self.spares.close()
         for api in (self.node_api, self.watch_api, self.status_api):
             with contextlib.suppress(Exception):  # closing pools cannot matter now
                 api.close()
