@@ -11,7 +11,9 @@ PATH`` (the control plane starts one per node, in that node's network namespace)
   the node's pod CIDR, each container as the lab backend process
   (:mod:`pytest_dataplane.providers.lab.backend`), whose version label comes from the image
   (``backend:v2`` answers ``X-Version: v2``); the pod is Ready once every backend listens
-  (each prints ``READY`` on its stdout when its socket accepts connections);
+  (each prints ``READY`` on its stdout when its socket accepts connections); two spare
+  backends wait ready-imported (``backend --spare``), so a pod does not wait for an
+  interpreter to start;
 - restarts containers that exit as the pod's restart policy says, with the kubelet's back-off;
 - on deletion keeps the pod serving through its grace period (or its preStop sleep), then
   stops the processes (SIGTERM, SIGKILL when the time is up), removes the pod's namespace and
