@@ -487,9 +487,53 @@ def regression_advice(check: stats.RegressionCheck, pname: str) -> str:
     return f"any increase of the {pname} is below {fmt.percent(floor)}"
 
 
+def _pairing(baseline: Any, candidate: Any) -> tuple[Any, Any, str | None]:
+    """``(baseline, candidate, duet id)``: a duet result is split into its sides; two sides
+    of one duet are recognised by their shared id (None for independent runs)."""
+    if candidate is None:
+        if hasattr(baseline, "baseline") and hasattr(baseline, "candidate"):
+            return baseline.baseline, baseline.candidate, str(getattr(baseline, "id", "duet"))
+        raise TypeError(
+            "candidate: missing; pass two results (or latency sequences), or one duet result "
+            f"(load.duet(...)'s run.result), not a {type(baseline).__name__} alone"
+        )
+    ids = []
+    for side in (baseline, candidate):
+        extra = getattr(side, "extra", None)
+        duet = extra.get("duet") if isinstance(extra, dict) else None
+        ids.append(duet.get("id") if isinstance(duet, dict) else None)
+    paired = ids[0] if ids[0] is not None and ids[0] == ids[1] else None
+    return baseline, candidate, paired
+
+
+def _send_times(data: Any) -> np.ndarray:
+    """Intended send times of a LoadResult's completed requests (aligned with .latencies)."""
+    timeline = data.timeline
+    ok = np.asarray(timeline.outcome) == 0
+    send: np.ndarray = np.asarray(timeline.send, dtype=np.float64)[ok]
+    return send
+
+
+def _dependence_note(check: stats.RegressionCheck) -> str:
+    if not check.dependence:
+        return ""
+    if check.paired:
+        d = check.dependence[0]
+        return (
+            f"; paired duet, variance inflation of the difference {d.inflation:.2f} over "
+            f"{d.windows} shared windows"
+        )
+    a, b = check.dependence
+    return (
+        f"; variance inflation {a.inflation:.2f} / {b.inflation:.2f} over {a.windows} windows "
+        f"(effective n {fmt.count(round(min(a.n_effective, a.n)))} / "
+        f"{fmt.count(round(min(b.n_effective, b.n)))})"
+    )
+
+
 def assert_no_regression(
     baseline: Any,
-    candidate: Any,
+    candidate: Any = None,
     *,
     quantile: float = 95,
     max_increase: float | str = 0.10,
@@ -500,8 +544,15 @@ def assert_no_regression(
     Fails only on evidence: when the one-sided ``1 - alpha`` lower confidence bound of the
     relative change ``candidate_q / baseline_q - 1`` exceeds ``max_increase`` (``0.10`` or
     ``"10%"``). The effect-size floor keeps tiny real differences on huge samples from failing
-    builds; the bound comes from the exact bootstrap of the quantile ratio. A Mann-Whitney U
-    test is reported alongside as supporting evidence of a shift.
+    builds; the bound comes from the exact bootstrap of the quantile ratio, widened by how
+    dependent each run's latencies are (bursts, syncs, a busy machine: measured over 10
+    consecutive windows of the run, see :func:`pytest_dataplane.stats.regression_check`), so
+    that two runs of the same thing do not fail more often than ``alpha`` promises. A
+    Mann-Whitney U test is reported alongside as supporting evidence of a shift.
+
+    ``baseline`` and ``candidate`` are LoadResults or latency sequences in the order measured.
+    A duet (``load.duet(...)``) is compared *paired*, window by window of its shared
+    schedule: pass its result alone (``assert_no_regression(run.result)``) or its two sides.
     """
     __tracebackhide__ = True
     if isinstance(quantile, bool) or not 0 < quantile < 100:
@@ -513,6 +564,7 @@ def assert_no_regression(
     floor = parse_fraction(max_increase, name="max_increase")
     pname = _percentile_name(quantile)
     assertion = f"no {pname} regression above {fmt.percent(floor)}"
+    baseline, candidate, duet_id = _pairing(baseline, candidate)
     _reject_saturated(baseline, assertion)
     _reject_saturated(candidate, assertion)
     a = _latencies(baseline, "baseline")
@@ -526,10 +578,33 @@ def assert_no_regression(
                 n=int(sample.size),
                 minimum=minimum,
             )
-    check = stats.regression_check(a, b, quantile / 100, max_increase=floor, alpha=alpha)
+    if duet_id is not None:
+        check = stats.regression_check(
+            a,
+            b,
+            quantile / 100,
+            max_increase=floor,
+            alpha=alpha,
+            baseline_times=_send_times(baseline),
+            candidate_times=_send_times(candidate),
+            paired=True,
+        )
+    else:
+        check = stats.regression_check(a, b, quantile / 100, max_increase=floor, alpha=alpha)
     change, shift = check.change, check.shift
     outcome: Outcome = "fail" if check.regressed else "pass"
     advice = regression_advice(check, pname)
+    if (
+        not check.regressed
+        and not check.paired
+        and check.dependence
+        and max(d.inflation for d in check.dependence) > 2
+    ):
+        advice += (
+            "; the runs' latencies cluster in time (inflation above 2): a duet "
+            "(load.duet(baseline, candidate, ...)) compares both on the same moments"
+        )
+    method = change.method + _dependence_note(check)
     verdict = Verdict(
         assertion=assertion,
         outcome=outcome,
@@ -539,7 +614,7 @@ def assert_no_regression(
         n=min(change.n_baseline, change.n_candidate),
         threshold=floor,
         unit="ratio",
-        method=change.method,
+        method=method,
         confidence=1 - 2 * alpha,
         advice=advice,
     )
@@ -550,7 +625,7 @@ def assert_no_regression(
         f"(two-sided {1 - 2 * alpha:.0%} CI [{change.low:+.1%}, {change.high:+.1%}]), "
         f"n = {fmt.count(change.n_baseline)} / {fmt.count(change.n_candidate)}\n"
         f"  DESIRED:   increase <= {fmt.percent(floor)}\n"
-        f"  method:    {change.method}; {shift.method} p = {shift.pvalue:.2g}, "
+        f"  method:    {method}; {shift.method} p = {shift.pvalue:.2g}, "
         f"P(candidate > baseline) = {shift.effect:.3f}\n"
         f"  advice:    {advice}"
     )

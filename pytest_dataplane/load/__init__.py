@@ -1,8 +1,9 @@
 """Open-loop HTTP load generation with latency measured from intended send times.
 
 ``run(url, rate=..., duration=...)`` is a blocking run; the ``load`` fixture runs in the
-background (:class:`LoadRun`). Names load on first use: the worker process imports this
-package and should not pay for numpy.
+background (:class:`LoadRun`); ``duet(baseline_url, candidate_url, ...)`` and
+``load.duet(...)`` drive two targets from one interleaved schedule. Names load on first
+use: the worker process imports this package and should not pay for numpy.
 """
 
 from __future__ import annotations
@@ -12,17 +13,31 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._api import run
+    from ._duet import DuetResult, DuetRun, duet
     from ._fixture import LoadFactory, LoadRun
     from ._outcomes import OUTCOMES
     from ._result import LoadResult, Timeline
 
-__all__ = ["OUTCOMES", "LoadFactory", "LoadResult", "LoadRun", "Timeline", "run"]
+__all__ = [
+    "OUTCOMES",
+    "DuetResult",
+    "DuetRun",
+    "LoadFactory",
+    "LoadResult",
+    "LoadRun",
+    "Timeline",
+    "duet",
+    "run",
+]
 
 _LAZY = {
     "OUTCOMES": "._outcomes",
     "LoadResult": "._result",
     "Timeline": "._result",
     "run": "._api",
+    "duet": "._duet",
+    "DuetResult": "._duet",
+    "DuetRun": "._duet",
     "LoadRun": "._fixture",
     "LoadFactory": "._fixture",
 }

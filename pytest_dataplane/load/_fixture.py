@@ -204,7 +204,7 @@ class LoadFactory:
     ) -> None:
         self.defaults = dict(defaults or {})
         self._record = record
-        self.runs: list[LoadRun] = []
+        self.runs: list[Any] = []  # LoadRun and DuetRun
 
     def __call__(
         self, service_or_url: object, *, rate: float | str, duration: float | str, **kwargs: Any
@@ -225,6 +225,37 @@ class LoadFactory:
             spec,
             label=label,
             on_result=(lambda result: record(result, result.label)) if record else None,
+        )
+        self.runs.append(run)
+        return run
+
+    def duet(
+        self,
+        baseline: object,
+        candidate: object,
+        *,
+        rate: float | str,
+        duration: float | str,
+        **kwargs: Any,
+    ) -> Any:
+        """Drive two targets from one schedule, interleaved request by request.
+
+        ``with load.duet(baseline, candidate, rate=300, duration="10s") as run: ...``;
+        ``rate`` is per target, the other keyword arguments are those of a single run.
+        ``run.result`` is a :class:`~pytest_dataplane.load.DuetResult` that
+        ``assert_no_regression`` compares paired (see :mod:`pytest_dataplane.load._duet`).
+        """
+        from ._duet import make_duet
+
+        record = self._record
+        run = make_duet(
+            baseline,
+            candidate,
+            rate=rate,
+            duration=duration,
+            defaults=self.defaults,
+            on_result=(lambda result: record(result, result.label)) if record else None,
+            **kwargs,
         )
         self.runs.append(run)
         return run

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from typing import IO, Any, Final, Protocol
 
 import numpy as np
@@ -289,8 +290,14 @@ class Launch:
     """One load run in flight: :meth:`start`, optionally :meth:`stop`, :meth:`wait`, and
     always :meth:`close` (it kills what is left, on any path)."""
 
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, *, configs: Sequence[EngineConfig] | None = None) -> None:
         self.spec = spec
+        # A duet gives each side its own slots of a shared schedule (see _duet.py).
+        self.configs = (
+            list(configs)
+            if configs is not None
+            else [spec.engine_config(part) for part in range(spec.parts)]
+        )
         expected = int(spec.rate * spec.duration * 1.05) + 64  # Poisson counts vary
         self.recorder = Recorder(max_rows=spec.max_rows, seed=spec.seed, expected_rows=expected)
         self.t0: float | None = None
@@ -309,27 +316,35 @@ class Launch:
 
     def start(self) -> float:
         """Start the engines, wait until all are ready, start the schedule; return its t=0."""
+        self.prepare()
+        t0 = events.now() + START_MARGIN
+        self.begin(t0)
+        return t0
+
+    def prepare(self) -> None:
+        """Start the engines and wait until every one is ready to send."""
         spec = self.spec
         try:
             if spec.processes == 0:
-                self._workers.append(_ThreadWorker(spec.engine_config(0), self._sink))
+                self._workers.append(_ThreadWorker(self.configs[0], self._sink))
             else:
-                for part in range(spec.parts):
-                    self._workers.append(_ProcessWorker(spec, spec.engine_config(part), self._sink))
+                for config in self.configs:
+                    self._workers.append(_ProcessWorker(spec, config, self._sink))
             deadline = events.now() + READY_TIMEOUT
             for worker in self._workers:
                 worker.ready.wait(max(deadline - events.now(), 0.0))
                 if worker.error is not None or worker.hello is None:
                     raise DataplaneError(self._failure(worker, "failed to start"))
                 self._check_identity(worker)
-            t0 = events.now() + START_MARGIN
-            for worker in self._workers:
-                worker.begin(t0)
-            self.t0 = t0
-            return t0
         except BaseException:
             self.close()
             raise
+
+    def begin(self, t0: float) -> None:
+        """Start the prepared engines' schedule at ``t0`` (on the shared monotonic clock)."""
+        for worker in self._workers:
+            worker.begin(t0)
+        self.t0 = t0
 
     def _check_identity(self, worker: _Worker) -> None:
         hello = worker.hello or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ from pytest_dataplane import (
     assert_p99_below,
     assert_percentile_below,
 )
-from pytest_dataplane.load import LoadResult, Timeline
+from pytest_dataplane.load import DuetResult, LoadResult, Timeline
 
 
 @pytest.fixture
@@ -272,3 +272,73 @@ def test_a_really_saturated_generator_is_refused_naming_its_cpu() -> None:
     with pytest.raises(DataplaneAssertionError, match="the load generator was the bottleneck") as e:
         assert_p95_below(result, "100ms")
     assert "its own CPU was 97 % of a core over the run" in str(e.value)
+
+
+# --------------------------------------------------------------------------- duets
+
+
+def _side(latency: np.ndarray, send: np.ndarray, duet_id: str, side: str) -> LoadResult:
+    timeline = Timeline(
+        send.astype(np.float64),
+        latency.astype(np.float32),
+        np.zeros(latency.size, np.float32),
+        np.zeros(latency.size, np.uint8),
+    )
+    result = LoadResult.build(timeline, start=0.0, target_rate=300.0, duration=5.0)
+    info = {"id": duet_id, "side": side, "slot": int(side == "candidate"), "slots": 2}
+    return replace(result, extra={**result.extra, "duet": info}, saturated=False)
+
+
+def _duet(slowdown: float, *, seed: int = 7, duet_id: str = "d1") -> DuetResult:
+    """Both sides of one 300 + 300 req/s schedule through the same stalls."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    stall = np.ones(2 * n)
+    stall[600:900] = 3.0  # a second-long sync that both sides sit through
+    send = np.arange(2 * n) / 600.0
+    base = 0.010 * rng.lognormal(0.0, 0.4, n) * stall[0::2]
+    cand = 0.010 * rng.lognormal(0.0, 0.4, n) * stall[1::2] * slowdown
+    return DuetResult(
+        baseline=_side(base, send[0::2], duet_id, "baseline"),
+        candidate=_side(cand, send[1::2], duet_id, "candidate"),
+        rate=300.0,
+        duration=5.0,
+        arrival="constant",
+        offset=1 / 600,
+        id=duet_id,
+    )
+
+
+def test_a_duet_is_compared_paired() -> None:
+    same = _duet(1.0)
+    verdict = assert_no_regression(same)
+    assert verdict.outcome == "pass"
+    assert "paired duet" in verdict.method
+    # Its two sides, passed apart, are recognised by their shared id.
+    assert assert_no_regression(same.baseline, same.candidate) == verdict
+    with pytest.raises(DataplaneAssertionError) as excinfo:
+        assert_no_regression(_duet(1.6, seed=8))
+    message = str(excinfo.value)
+    for part in ("ACTUAL:", "DESIRED:   increase <= 10.0%", "paired duet", "advice:", "n = 1,500"):
+        assert part in message
+
+
+def test_sides_of_different_runs_are_not_paired() -> None:
+    one, other = _duet(1.0, duet_id="d1"), _duet(1.0, seed=9, duet_id="d2")
+    verdict = assert_no_regression(one.baseline, other.candidate)
+    assert "paired" not in verdict.method and "variance inflation" in verdict.method
+
+
+def test_clustered_runs_get_the_duet_advice() -> None:
+    sides = _duet(1.0)
+    # The same stall in one run only: the windows see it, widen the interval, and say why.
+    rng = np.random.default_rng(3)
+    calm = 0.010 * rng.lognormal(0.0, 0.4, 1500)
+    verdict = assert_no_regression(calm, sides.candidate.latencies)
+    assert verdict.outcome == "pass"
+    assert "a duet" in verdict.advice and "inflation" in verdict.method
+
+
+def test_a_lone_result_is_not_a_comparison(latencies: np.ndarray) -> None:
+    with pytest.raises(TypeError, match="candidate: missing"):
+        assert_no_regression(latencies)
