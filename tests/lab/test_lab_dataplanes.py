@@ -142,6 +142,32 @@ def test_a_pod_keeps_its_gateway_when_other_pods_go(lab_cluster, plane: str) -> 
     assert answered == {"pods": {"backend-1": 20}, "errors": {}}
 
 
+@pytest.mark.parametrize("plane", DATAPLANES)
+def test_a_pod_on_a_stopped_pod_s_address_is_reached(lab_cluster, plane: str) -> None:
+    """Pod addresses come back when slots are reused. The node still holds the stopped
+    pod's MAC for that address, valid-looking for up to a minute, and would send the new
+    pod's connections there: they time out. Forced here: the next pod gets the slot the
+    stopped pod just left (normally that takes 253 pods)."""
+    cluster = lab_cluster(plane)
+    service = cluster.deploy("backend", replicas=2)
+    assert set(run_client(service, 50)["pods"]) == {"backend-1", "backend-2"}
+    leaving = service.pods[1]
+    service.scale(1, grace=0)
+    deadline = time.monotonic() + 60
+    while _node_has_link(cluster, f"vp{leaving.slot}"):  # its slot's veth name comes back too
+        assert time.monotonic() < deadline, "the leaving pod's port outlived 60 s"
+        time.sleep(0.05)
+    with cluster._lock:
+        cluster._free_slots.remove(leaving.slot)
+        cluster._free_slots.insert(0, leaving.slot)
+    service.scale(2)
+    cluster.wait_programmed()
+    assert service.pods[1].ip == leaving.ip
+    answered = run_client(service, 50)
+    assert answered["errors"] == {}
+    assert set(answered["pods"]) == {"backend-1", "backend-3"}
+
+
 def test_iptables_rule_counts_match_kube_proxy(lab_cluster) -> None:
     """kube-proxy's published nat rule counts: 5 + S·(2 + 3N), read back from the kernel."""
     cluster = lab_cluster("iptables", backend="legacy")

@@ -236,6 +236,10 @@ class LabService:
         pod_name = f"{self.name}-{self._serial}"
         slot = cluster._allocate_slot()
         netns, ip = cluster.topology.add_pod(pod_name, slot)
+        # The address may have been a stopped pod's: the node would keep sending to that
+        # pod's MAC while its ARP entry looks valid (up to a minute) and connections to the
+        # new pod would time out. Forget the entry, so that the node asks again.
+        _proc.run(["ip", "neigh", "flush", "to", ip], netns=cluster.topology.node, check=False)
         pod = _Pod(pod_name, slot, netns, ip, version or f"v{self.version}")
         with cluster._lock:
             self.pods.append(pod)
