@@ -97,6 +97,40 @@ def rate_cell(load: dict[str, Any]) -> str:
     return text + ("!" if load.get("saturated") else "")
 
 
+def peak_cell(load: dict[str, Any], scale: float) -> str:
+    """The highest p99 of one time bin and when (``"52.1 @7.5s"``): the spike of a rollout
+    that the whole run's p99 averages away. Bins of fewer than 20 requests are left out (their
+    p99 is their maximum)."""
+    bins = load.get("bins") or {}
+    best: tuple[float, float] | None = None
+    for t, n, p99 in zip(
+        bins.get("t") or [], bins.get("n") or [], bins.get("p99") or [], strict=False
+    ):
+        if p99 is None or n < 20:
+            continue
+        if best is None or p99 > best[1]:
+            best = (t, p99)
+    if best is None:
+        return _NA
+    return f"{_number(best[1] * scale)} @{best[0]:g}s"
+
+
+def lag_cell(load: dict[str, Any]) -> str:
+    """How late the generator sent (p99) and its own CPU share of a core: ``"6.15ms 23%"``;
+    ``!`` when the guard found the generator itself to be the bottleneck."""
+    generator = load.get("generator") or {}
+    lag = (generator.get("send_lag") or {}).get("p99")
+    if lag is None:
+        lag = load.get("send_lag_p99")
+    if lag is None:
+        return _NA
+    text = fmt.seconds(float(lag)).replace(" ", "")
+    cpu = generator.get("cpu")
+    if cpu is not None:
+        text += f" {cpu * 100:.0f}%"
+    return text + ("!" if load.get("saturated") else "")
+
+
 def _rate(value: float | None) -> str:
     if value is None:
         return _NA
@@ -128,6 +162,15 @@ def programming_cell(cluster: dict[str, Any] | None) -> str:
     if not latency or latency.get("p95") is None:
         return _NA
     return fmt.seconds(latency["p95"])
+
+
+def cpu_total_cell(cluster: dict[str, Any] | None) -> str:
+    """CPU seconds the dataplane spent during the test (kube-proxy with its restores, or the
+    eBPF controller)."""
+    cpu = (cluster or {}).get("cpu")
+    if not cpu or cpu.get("total") is None:
+        return _NA
+    return fmt.seconds(float(cpu["total"]))
 
 
 def cpu_cell(cluster: dict[str, Any] | None) -> str:
@@ -181,13 +224,18 @@ _HEADERS = (
     "p50 [95% CI]",
     "p95 [95% CI]",
     "p99 [95% CI]",
+    "peak p99",
     "errors",
+    "send lag p99",
     "KUBE- rules",
     "prog p95",
+    "dataplane CPU",
     "CPU/change p95",
     "verdicts",
 )
-_RIGHT = (False, False, True, True, True, True, True, False, True, True, True, False)
+_RIGHT = (
+    False, False, True, True, True, True, True, True, False, True, True, True, True, True, False
+)  # fmt: skip
 
 
 def summary_lines(payloads: Sequence[dict[str, Any]], *, verbose: bool = False) -> list[str]:
@@ -220,19 +268,30 @@ def summary_lines(payloads: Sequence[dict[str, Any]], *, verbose: bool = False) 
                         quantile_cell(latency.get(q), scale, q) if has_load else "-"
                         for q in ("p50", "p95", "p99")
                     ),
+                    peak_cell(load, scale) if has_load else "-",
                     errors_cell(load) if has_load else "-",
+                    lag_cell(load) if has_load else "-",
                     rules_cell(cluster) if first else "",
                     programming_cell(cluster) if first else "",
+                    cpu_total_cell(cluster) if first else "",
                     cpu_cell(cluster) if first else "",
                     verdicts_cell(payload.get("verdicts") or []) if first else "",
                 ]
             )
-    lines = [f"latencies in {unit}; rate/s = achieved/target requests per second"]
+    lines = [
+        f"latencies in {unit}, from each request's intended send time; rate/s = achieved/target "
+        "requests per second; peak p99 = the highest p99 of one time bin, @ when; send lag "
+        "p99 = how late the load generator sent, with its own CPU in % of a core; dataplane "
+        "CPU = CPU seconds of kube-proxy (with its restores) or the eBPF controller"
+    ]
     lines += table(_HEADERS, rows, _RIGHT)
     lines += verdict_lines(payloads, names, limit=None if verbose else VERDICTS_SHOWN)
     notes = []
     if saturated:
-        notes.append("! the load generator could not hold its schedule (saturated)")
+        notes.append(
+            "! the load generator itself was the bottleneck (saturated): its assertions refused"
+        )
+    notes += _lateness_notes(payloads, names)
     if any("[n<" in cell for row in rows for cell in row):
         notes.append(
             "[n<K]: too few samples for a confidence interval of that percentile (K needed)"
@@ -249,6 +308,26 @@ def summary_lines(payloads: Sequence[dict[str, Any]], *, verbose: bool = False) 
     if verbose:
         lines += _heaviest_lines(payloads, names)
     return lines + notes
+
+
+def _lateness_notes(payloads: Sequence[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """Why sends were late, for every whole-run load whose sends were (p99 over 1 ms) or
+    whose generator was refused."""
+    lines = []
+    for payload in payloads:
+        for load in payload.get("loads") or []:
+            if load.get("window"):
+                continue
+            generator = load.get("generator") or {}
+            lag = (generator.get("send_lag") or {}).get("p99") or 0.0
+            if not (lag > 1e-3 or load.get("saturated")):
+                continue
+            name = names.get(payload.get("nodeid", ""), payload.get("nodeid", ""))
+            label = f" ({load['label']})" if load.get("label") else ""
+            why = load.get("saturation_reason") if load.get("saturated") else ""
+            text = generator.get("lateness") or f"send lag p99 {fmt.seconds(lag)}"
+            lines.append(f"  {name}{label}: {text}" + (f"; refused: {why}" if why else ""))
+    return ["late sends:", *lines] if lines else []
 
 
 def verdict_lines(
@@ -324,6 +403,7 @@ def compact_lines(payloads: Sequence[dict[str, Any]]) -> list[str]:
                 value = entry.get("estimate")
                 parts.append(f"{q}={fmt.seconds(value) if value is not None else _NA}")
             parts.append(f"errors={load.get('errors', _NA)}")
+            parts.append(f"send_lag_p99={lag_cell(load).replace(' ', '/cpu=')}")
         if cluster:
             parts.append(f"KUBE-={rules_cell(cluster)}")
             parts.append(f"prog_p95={programming_cell(cluster)}")

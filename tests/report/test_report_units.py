@@ -364,7 +364,7 @@ def test_summary_and_compact_lines_have_a_row_per_payload() -> None:
     assert lines[0].startswith("latencies in ms")
     rows = [line for line in lines if line.startswith("test_a[")]
     assert [r.split()[0] for r in rows] == ["test_a[iptables]", "test_a[ebpf]"]  # usual order
-    assert rows[0].split()[-4] == "37"
+    assert rows[0].split()[-5] == "37"
     compact = terminal.compact_lines(payloads)
     assert len(compact) == 2 and compact[0].startswith("test_a[iptables]: rate=200/200/s")
 
