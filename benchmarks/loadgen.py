@@ -21,7 +21,13 @@ What it measures, in one run against one local server:
   fails, because other jobs may be loading the machine) — and the latency floor at a light
   200 req/s (p50, p99, measured from the intended send times);
 - ratios against wrk, and the issue's targets: fast >= 25 % of wrk's requests per second on
-  one core with a p50 floor within 3x of wrk's; httpx >= 1,500 req/s per process pooled.
+  one core with a p50 floor within 3x of wrk's; httpx >= 1,500 req/s per process pooled;
+- CPU per request (``--cpu`` runs only this part): each engine × connection mode at fixed
+  rates (300 and 2,000 req/s, the README's rate and a busy one), its worker pinned to CPU 0,
+  as the engine measures itself for the saturation guard (its thread's CPU time while
+  sending, minus the idle spin that waits for the next send), next to wrk's CPU per request
+  (wrk's CPU time from ``getrusage(RUSAGE_CHILDREN)`` over its requests, full speed, same
+  core), and what share of a core the README's 300 req/s costs each engine.
 
 wrk is closed-loop (it sends as fast as responses return), the engines are held to a
 schedule: the engines' numbers are the stricter ones.
@@ -33,6 +39,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -292,6 +299,66 @@ def wrk(url: str, *, connections: int, seconds: float, close: bool = False) -> d
     }
 
 
+CPU_RATES = (300.0, 2000.0)
+
+
+def wrk_cpu_per_request(url: str, *, seconds: float, close: bool) -> tuple[float, float]:
+    """(CPU seconds per request, requests per second) of wrk, 1 thread, 32 connections, on
+    CPU 0; its CPU time is this process's children's usage over the run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ref = wrk(url, connections=32, seconds=seconds, close=close)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    requests = ref["rps"] * max(int(seconds), 1)
+    return cpu / requests, ref["rps"]
+
+
+def cpu_rows(url: str, cpu: int | None, seconds: float) -> list[tuple[str, str, float, LoadResult]]:
+    rows = []
+    for engine in ("fast", "httpx"):
+        for connection in ("per-request", "pooled"):
+            for rate in CPU_RATES:
+                try:
+                    result = run_pinned(
+                        url, cpu, rate=rate, duration=seconds, engine=engine, connection=connection
+                    )
+                except DataplaneError as exc:  # so far behind it could not finish in time
+                    print(f"  {engine:5} {connection:11} {rate:7,.0f}/s  failed: {exc}", flush=True)
+                    continue
+                g = result.generator
+                print(
+                    f"  {engine:5} {connection:11} {rate:7,.0f}/s  own CPU {g.cpu:6.1%} of a core, "
+                    f"{g.cpu * g.wall / max(result.completed, 1) * 1e6:6.1f} µs/request"
+                    f"{'  SATURATED: ' + result.saturation_reason if result.saturated else ''}",
+                    flush=True,
+                )
+                rows.append((engine, connection, rate, result))
+    return rows
+
+
+def print_cpu_table(
+    rows: list[tuple[str, str, float, LoadResult]], wrk_keep: float, wrk_close: float
+) -> None:
+    print()
+    print("CPU per request, one core (the worker's own work while sending, idle spin excluded)")
+    header = (
+        f"{'engine':6} {'connection':11} {'rate':>8} {'own CPU':>8} {'µs/request':>11} "
+        f"{'x wrk':>7} {'send lag p99':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    print(f"{'wrk':6} {'keep-alive':11} {'max':>8} {'100%':>8} {wrk_keep * 1e6:>11.1f} {1:>7.1f}")
+    print(f"{'wrk':6} {'close':11} {'max':>8} {'100%':>8} {wrk_close * 1e6:>11.1f} {1:>7.1f}")
+    for engine, connection, rate, result in rows:
+        g = result.generator
+        per = g.cpu * g.wall / max(result.completed, 1)
+        ref = wrk_keep if connection == "pooled" else wrk_close
+        print(
+            f"{engine:6} {connection:11} {rate:>6,.0f}/s {g.cpu:>8.1%} {per * 1e6:>11.1f} "
+            f"{per / ref:>7.1f} {g.lag_p99 * 1e3:>10.2f} ms"
+        )
+
+
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -312,6 +379,7 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="Shorter probes, coarser search")
+    parser.add_argument("--cpu", action="store_true", help="Only the CPU per request")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: it is the reference of this benchmark")
@@ -339,6 +407,17 @@ def main() -> int:
                 f"with Connection: close; floor p50 {ref_floor['p50'] * 1e6:.0f} µs, "
                 f"p99 {ref_floor['p99'] * 1e6:.0f} µs"
             )
+            wrk_keep, _ = wrk_cpu_per_request(url, seconds=3, close=False)
+            wrk_close, _ = wrk_cpu_per_request(url, seconds=3, close=True)
+            print(
+                f"wrk CPU per request: {wrk_keep * 1e6:.1f} µs keep-alive, "
+                f"{wrk_close * 1e6:.1f} µs with Connection: close"
+            )
+            cpu_table = cpu_rows(url, 0 if cpus > 1 else None, 3.0 if args.quick else 6.0)
+            if args.cpu:
+                print(f"\nmachine: {machine()}")
+                print_cpu_table(cpu_table, wrk_keep, wrk_close)
+                return 0
             bench = Bench(url, probe_seconds, steps, 0 if cpus > 1 else None)
             rows = []
             for engine, connection, start in (
@@ -380,6 +459,7 @@ def main() -> int:
             verdicts.append(("fast p50 floor within 3x of wrk", p50 / ref_floor["p50"] <= 3))
         if engine == "httpx" and connection == "pooled":
             verdicts.append(("httpx >= 1,500 req/s pooled per process", best >= 1500))
+    print_cpu_table(cpu_table, wrk_keep, wrk_close)
     print()
     for text, ok in verdicts:
         print(f"target {text}: {'met' if ok else 'NOT met'}")

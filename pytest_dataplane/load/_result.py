@@ -221,15 +221,13 @@ def assess(
         reasons.append(
             f"capacity exceeded: achieved {achieved:.1f}/s < {MIN_RATE_FRACTION:.0%} of the "
             f"{what} {expected_rate:.1f}/s (backlog up to {generator.max_backlog:,} sends, "
-            f"the last ones {fmt.seconds(generator.end_lag)} late)"
+            f"the last ones {fmt.seconds(generator.end_lag)} late; {_cpu_words(generator)})"
         )
     reasons = list(dict.fromkeys(reasons))
     return replace(generator, lateness=_lateness(generator, reasons)), reasons
 
 
-def _lateness(g: Generator, reasons: Sequence[str]) -> str:
-    """Why sends were late (or that they were not), in words, with the figures."""
-    lag = f"send lag p50 {_ms(g.lag_p50)}, p99 {_ms(g.lag_p99)}, max {_ms(g.lag_max)}"
+def _cpu_words(g: Generator) -> str:
     cpu = (
         "generator CPU not measured"
         if math.isnan(g.cpu)
@@ -238,6 +236,13 @@ def _lateness(g: Generator, reasons: Sequence[str]) -> str:
     if not math.isnan(g.run_queue_wait) and not math.isnan(g.wall) and g.wall > 0:
         share = _percent(g.run_queue_wait / g.wall)
         cpu += f", waited {g.run_queue_wait:.2f} s for a CPU ({share} of its sending time)"
+    return cpu
+
+
+def _lateness(g: Generator, reasons: Sequence[str]) -> str:
+    """Why sends were late (or that they were not), in words, with the figures."""
+    lag = f"send lag p50 {_ms(g.lag_p50)}, p99 {_ms(g.lag_p99)}, max {_ms(g.lag_max)}"
+    cpu = _cpu_words(g)
     backlog = f"backlog up to {g.max_backlog:,} sends" if g.max_backlog else "no backlog"
     if reasons:
         cause = "generator saturated"
