@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pytest_dataplane import DataplaneAssertionError, assert_error_rate_below, assert_p95_below
+from pytest_dataplane.load import run
 from pytest_dataplane.load._outcomes import DROPPED, OK
 from pytest_dataplane.load._result import LoadResult, Timeline
 
@@ -199,3 +200,21 @@ def test_assertions_refuse_a_saturated_result() -> None:
         assert_error_rate_below(result, 0.5)
     healthy = _build(_timeline(1000, rate=100))
     assert assert_p95_below(healthy, "1s").outcome == "pass"
+
+
+def test_a_rate_far_above_the_generators_capacity_is_refused_naming_its_cpu_or_backlog(
+    closed_port: int,
+) -> None:
+    # Every connection is refused at once by the kernel, so nothing waits on a server: the
+    # generator's own work (a socket, a connect, an error per request, ~40 µs) is all there
+    # is, and 100,000 req/s is several times what one core can do. Its backlog runs away.
+    result = run(f"http://127.0.0.1:{closed_port}/", rate=100_000, duration=0.3, timeout="5s")
+    assert result.scheduled == result.completed + result.errors + result.dropped == 30_000
+    assert result.error_kinds == {"connect_refused": 30_000}
+    assert result.saturated
+    reason = result.saturation_reason
+    assert "its own CPU was" in reason or "backlog up to" in reason, reason
+    assert result.generator.max_backlog > 1000
+    assert result.generator.lateness.startswith("generator saturated:")
+    with pytest.raises(DataplaneAssertionError, match="the load generator was the bottleneck"):
+        assert_error_rate_below(result, 1.0)
