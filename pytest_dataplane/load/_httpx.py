@@ -11,7 +11,10 @@ certificates are verified unless ``verify`` is False; a string is a CA bundle fi
 
 ``per-request`` keeps no idle connection (``max_keepalive_connections=0``) and sends
 ``Connection: close``, so every request opens its own TCP connection and the server closes it
-first; ``pooled`` reuses keep-alive connections. The environment's proxy settings are ignored
+first; ``pooled`` reuses keep-alive connections. HTTP/2 per request takes a transport of its
+own for each request: HTTP/2 has no ``Connection: close``, and a pool without idle
+connections handed a new stream to a connection it was closing (``SEND_HEADERS in state
+CLOSED``, a few requests in twenty failed). The environment's proxy settings are ignored
 (``trust_env=False``): a proxy would hide the dataplane under test.
 """
 
@@ -87,13 +90,20 @@ class HttpxClient:
             keepalive_expiry=5.0,
         )
         h2c = config.http2 and target.scheme == "http"
-        self.transport = httpx.AsyncHTTPTransport(
-            http1=not h2c,
-            http2=config.http2,
-            verify=_verify(config.verify),
-            limits=limits,
-            trust_env=False,
-        )
+        verify = _verify(config.verify)
+        if isinstance(verify, bool) and verify and target.scheme == "https":
+            verify = ssl.create_default_context()  # built once, shared by every transport
+
+        def transport() -> Any:
+            return httpx.AsyncHTTPTransport(
+                http1=not h2c, http2=config.http2, verify=verify, limits=limits, trust_env=False
+            )
+
+        self._transport = transport
+        self._own_transport = per_request and config.http2
+        if self._own_transport:
+            self.headers = [(k, v) for k, v in self.headers if k.lower() != "connection"]
+        self.transport = transport()
         self.tasks: set[asyncio.Task[Any]] = set()
 
     def launch(self, offset: float, intended: float, done: Done) -> None:
@@ -116,11 +126,16 @@ class HttpxClient:
             request = self._request(
                 "GET", self.url, headers=self.headers, extensions=self.extensions
             )
-            response = await self.transport.handle_async_request(request)
+            transport = self._transport() if self._own_transport else self.transport
             try:
-                await response.aread()
+                response = await transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             finally:
-                await response.aclose()
+                if transport is not self.transport:
+                    await transport.aclose()
         except asyncio.CancelledError:
             # Stopped: report and end normally (the task is ours; nobody awaits it).
             done(offset, intended, sent, time.monotonic(), OTHER)

@@ -139,7 +139,8 @@ def test_requests_beyond_the_in_flight_cap_are_dropped_and_saturate(
     assert result.dropped == 7
     dropped = result.timeline.outcome == 8
     assert np.all(np.isnan(result.timeline.latency[dropped]))
-    assert result.saturated and "7 requests dropped (never sent)" in result.saturation_reason
+    assert result.saturated
+    assert "7 requests dropped, never sent (capacity exceeded" in result.saturation_reason
 
 
 @pytest.mark.parametrize("engine", ENGINES)
