@@ -111,7 +111,7 @@ def _reject_saturated(data: Any, assertion: str) -> None:
             threshold=math.nan,
             unit="",
             method="load generator saturation guard",
-            advice="lower the rate, use engine='fast' (the default; a tenth of httpx's CPU per "
+            advice="lower the rate, use engine='fast' (the default; a third of httpx's CPU per "
             "request), or spread the load over processes=N workers",
         )
         _collect.record_verdict(verdict)

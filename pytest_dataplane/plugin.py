@@ -106,8 +106,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "--dataplane-load-engine",
         "dataplane_load_engine",
         "dataplane_load_engine",
-        "Engine of the load fixture's runs: fast (lean HTTP/1.1, about a tenth of httpx's "
-        "CPU per request) or httpx (HTTP/1.1, HTTP/2, TLS) (default: fast)",
+        "Engine of the load fixture's runs: fast (lean HTTP/1.1, a third of httpx's CPU per "
+        "request) or httpx (HTTP/1.1, HTTP/2, TLS) (default: fast)",
         "fast",
         _parse_choice(("httpx", "fast"), "--dataplane-load-engine"),
         metavar="ENGINE",

@@ -46,9 +46,9 @@ def run(
             engine runs).
         rate: requests per second (``300``, ``"30k/s"``, ``"1200/m"``).
         duration: how long to send (``30``, ``"30s"``, ``"2m"``).
-        engine: ``"fast"`` (lean HTTP/1.1 on asyncio protocols: a tenth of httpx's CPU per
-            request) or ``"httpx"`` (HTTP/1.1, HTTP/2 with ``http2=True``, TLS); by default
-            fast, and httpx for ``https://`` URLs and ``http2=True``.
+        engine: ``"fast"`` (lean HTTP/1.1 on asyncio protocols: a third of httpx's CPU per
+            request at 300 req/s) or ``"httpx"`` (HTTP/1.1, HTTP/2 with ``http2=True``,
+            TLS); by default fast, and httpx for ``https://`` URLs and ``http2=True``.
         connection: ``"per-request"`` (a new TCP connection per request, which exercises the
             dataplane's NAT every time) or ``"pooled"`` (keep-alive).
         timeout: limit for connecting, and again for the response (``"2s"``).
