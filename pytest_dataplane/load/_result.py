@@ -112,7 +112,7 @@ def _max_backlog(send: npt.NDArray[np.float64], lag: npt.NDArray[np.float32]) ->
 
 
 def _worker_cpu(health: Mapping[str, Any]) -> tuple[float, float, float]:
-    """(own-work share of a core, peak share in a window while late-free ignored, run delay)."""
+    """(own work as a share of a core, sending wall time, run-queue wait) of one worker."""
     wall = float(health.get("wall") or 0.0)
     if wall <= 0:
         return math.nan, math.nan, math.nan
