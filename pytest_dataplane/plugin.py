@@ -573,7 +573,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     provider = resolve_option(config, "dataplane_provider")
     if provider == "lab" and not plan:
         return None
-    from .providers.kind.plan import command_line
+    from .providers import command_line
 
     try:
         text = command_line(lambda dest: resolve_option(config, dest), provider, plan=plan)

@@ -16,6 +16,7 @@ __all__ = [
     "RuleCount",
     "RuleCountPart",
     "Service",
+    "command_line",
     "make_provider",
 ]
 
@@ -37,6 +38,28 @@ def make_provider(name: str, option: OptionGetter) -> Provider:
 
         return KubeconfigProvider.from_options(option)
     raise ValueError(f"provider: unknown {name!r}; accepted: lab, kind, kubeconfig")
+
+
+def command_line(option: OptionGetter, provider: str, *, plan: bool) -> str | None:
+    """The plugin's early step for ``provider``, before anything is collected: validate its
+    options (ValueError names the bad value) and, with ``plan`` (``--dataplane-plan``), return
+    what it would do, to be printed. Touches no Docker and no cluster."""
+    if provider == "lab":
+        if plan:
+            raise ValueError(
+                "--dataplane-plan describes the kind and kubeconfig providers; the lab needs no "
+                "plan (python -m pytest_dataplane doctor shows what it can run here)"
+            )
+        return None
+    if provider == "kubeconfig":
+        from .kubeconfig.provider import plan_text
+
+        return plan_text(option) if plan else None
+    if provider == "kind":
+        from .kind.plan import command_line as kind_command_line
+
+        return kind_command_line(option, plan=plan)
+    raise ValueError(f"provider: unknown {provider!r}; accepted: lab, kind, kubeconfig")
 
 
 def __getattr__(name: str) -> Any:

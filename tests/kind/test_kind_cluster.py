@@ -12,12 +12,12 @@ import pytest
 from kindkit import FakeTools, files_under
 
 from pytest_dataplane.errors import DataplaneError, PytestDataplaneWarning
+from pytest_dataplane.providers.k8s.testing import MemoryApi
+from pytest_dataplane.providers.k8s.versions import Version
 from pytest_dataplane.providers.kind import KindProvider
 from pytest_dataplane.providers.kind.cluster import MARKER, KindClusterSetup
 from pytest_dataplane.providers.kind.config import KindSettings, cluster_name
-from pytest_dataplane.providers.kind.testing import MemoryApi
 from pytest_dataplane.providers.kind.tools import find_tools
-from pytest_dataplane.providers.kind.versions import Version
 
 KUBECONFIG = """apiVersion: v1
 kind: Config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_dataplane.providers.k8s.versions import Version
 from pytest_dataplane.providers.kind.config import (
     KindSettings,
     cilium_images,
@@ -13,7 +14,6 @@ from pytest_dataplane.providers.kind.config import (
     kind_config,
     preload_images,
 )
-from pytest_dataplane.providers.kind.versions import Version
 
 
 def settings(**kw: object) -> KindSettings:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from kindkit import FakeTools, files_under
 
-from pytest_dataplane.providers.kind.versions import AGNHOST_IMAGE, DEFAULT_CILIUM_VERSION
+from pytest_dataplane.providers.k8s.resources import AGNHOST_IMAGE
+from pytest_dataplane.providers.kind.versions import DEFAULT_CILIUM_VERSION
 from pytest_dataplane.providers.kubeconfig.agent import AGENT_IMAGE
 
 PLAN = ("--dataplane-provider=kind", "--dataplane-plan", "-p", "no:cacheprovider")
@@ -210,9 +211,9 @@ def test_option_defaults_match_the_providers(pytester: pytest.Pytester) -> None:
 
 
 def test_plan_names_the_exact_default_image_only_for_known_releases(tmp_path: Path) -> None:
+    from pytest_dataplane.providers.k8s.versions import Version
     from pytest_dataplane.providers.kind.config import KindSettings
     from pytest_dataplane.providers.kind.plan import build_plan
-    from pytest_dataplane.providers.kind.versions import Version
 
     known = build_plan("iptables", KindSettings(), kind_version=Version(0, 32, 0), root=tmp_path)
     assert known.node_image.startswith("kindest/node:v1.36.1@sha256:3489c767")

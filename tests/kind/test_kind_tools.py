@@ -7,6 +7,7 @@ import shutil
 import pytest
 from kindkit import FakeTools
 
+from pytest_dataplane.providers.k8s.versions import Version
 from pytest_dataplane.providers.kind.tools import (
     Tools,
     docker_engine_problem,
@@ -15,7 +16,6 @@ from pytest_dataplane.providers.kind.tools import (
     missing_tools_reason,
     parse_kind_version,
 )
-from pytest_dataplane.providers.kind.versions import Version
 
 
 @pytest.mark.parametrize(

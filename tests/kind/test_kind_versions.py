@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_dataplane.providers.k8s.cilium import cilium_cli
+from pytest_dataplane.providers.k8s.versions import Version
 from pytest_dataplane.providers.kind.versions import (
     DEFAULT_CILIUM_VERSION,
-    Version,
-    cilium_cli,
     kind_default_image,
     kind_default_kubernetes,
     kube_proxy_replacement_value,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
-from pytest_dataplane.providers.kind.api import ExecResult
-from pytest_dataplane.providers.kind.testing import MemoryApi, matches_selector
+from pytest_dataplane.providers.k8s.api import ExecResult
+from pytest_dataplane.providers.k8s.testing import MemoryApi, matches_selector
 from pytest_dataplane.providers.kubeconfig import KubeconfigProvider
 from pytest_dataplane.providers.kubeconfig import cleanup as kube_cleanup
 from pytest_dataplane.providers.kubeconfig.agent import AgentNodes, agent_daemonset

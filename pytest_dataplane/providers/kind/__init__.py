@@ -7,10 +7,10 @@ test time), named after a hash of their configuration so that a cluster kept wit
 ``--dataplane-keep`` is reused only by a run that asks for the same one.
 
 Modules: :mod:`.versions` and :mod:`.config` (pure: version rules, kind config, Helm values),
-:mod:`.plan` (``--dataplane-plan``), :mod:`.tools` (finding binaries), :mod:`.k8s`,
-:mod:`.watch`, :mod:`.api` and :mod:`.workload` (the Kubernetes side, shared with the
-kubeconfig provider), :mod:`.nodes`, :mod:`.metrics`, :mod:`.cilium`, :mod:`.probe`
-(measurements), :mod:`.cluster` (one kind cluster's lifecycle), :mod:`.provider`.
+:mod:`.plan` (``--dataplane-plan``), :mod:`.tools` (finding binaries), :mod:`.cluster` (one
+kind cluster's lifecycle), :mod:`.docker` (node access through ``docker exec``),
+:mod:`.provider`. Everything on the Kubernetes side (workloads, the EndpointSlice watch,
+metrics, rule counting) is the shared layer :mod:`pytest_dataplane.providers.k8s`.
 """
 
 from __future__ import annotations

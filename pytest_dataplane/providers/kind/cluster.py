@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...errors import DataplaneError, PytestDataplaneWarning
-from .api import KubeApi, NotFound
+from ..k8s.api import KubeApi, NotFound
+from ..k8s.versions import Version
 from .config import KindSettings, cluster_name, helm_install_argv, kind_config, preload_images
 from .tools import Tools
-from .versions import Version
 
 __all__ = ["KindClusterSetup", "state_root"]
 
@@ -337,6 +337,6 @@ def _daemonset_ready(ds: dict[str, Any]) -> bool:
 
 
 def _real_api(kubeconfig: Path) -> KubeApi:
-    from .api import KubernetesApi
+    from ..k8s.api import KubernetesApi
 
     return KubernetesApi(kubeconfig=str(kubeconfig))

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ...config import DATAPLANES
+from ..k8s.resources import AGNHOST_IMAGE
+from ..k8s.versions import Version
 from .versions import (
-    AGNHOST_IMAGE,
     CILIUM_CHART_REPO,
     DEFAULT_CILIUM_VERSION,
-    Version,
     kube_proxy_replacement_value,
 )
 

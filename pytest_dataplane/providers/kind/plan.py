@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..k8s.versions import Version
 from .cluster import state_root
 from .config import KindSettings, cluster_name, helm_install_argv, kind_config, preload_images
 from .tools import Tools, find_tools, kind_version
-from .versions import Version, kind_default_image, kind_default_kubernetes, nftables_problem
+from .versions import kind_default_image, kind_default_kubernetes, nftables_problem
 
 __all__ = ["ClusterPlan", "build_plan", "check_plan", "command_line", "render_plans"]
 
@@ -173,22 +174,11 @@ def render_plans(
     return "\n".join(lines) + "\n"
 
 
-def command_line(option: Callable[[str], Any], provider: str, *, plan: bool) -> str | None:
-    """The plugin's early step for ``provider``: validate the kind options before anything
-    is collected (ValueError names the bad value), and with ``plan`` return the text to
-    print. Touches no Docker and no cluster; runs ``kind version`` when kind is installed and
-    the answer matters (a plan, or nftables selected)."""
-    if provider == "lab":
-        if plan:
-            raise ValueError(
-                "--dataplane-plan describes the kind and kubeconfig providers; the lab needs no "
-                "plan (python -m pytest_dataplane doctor shows what it can run here)"
-            )
-        return None
-    if provider == "kubeconfig":
-        from ..kubeconfig.provider import plan_text
-
-        return plan_text(option) if plan else None
+def command_line(option: Callable[[str], Any], *, plan: bool) -> str | None:
+    """The plugin's early step for the kind provider: validate the kind options before
+    anything is collected (ValueError names the bad value), and with ``plan`` return the text
+    to print. Touches no Docker and no cluster; runs ``kind version`` when kind is installed
+    and the answer matters (a plan, or nftables selected)."""
     from .provider import settings_from_options
 
     settings = settings_from_options(option)

@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataplaneError, DataplaneUnavailable
-from . import k8s
-from .api import KubeApi
+from ..k8s import resources
+from ..k8s.api import KubeApi
+from ..k8s.cilium import cilium_cli
+from ..k8s.cluster import DataplanePods, KubeCluster
+from ..k8s.traffic import NodePortPath
+from ..k8s.versions import Version
 from .cluster import KindClusterSetup
 from .config import KindSettings
+from .docker import DockerNodes
 from .tools import Tools, docker_engine_problem, find_tools, kind_version, missing_tools_reason
-from .versions import Version, cilium_cli, nftables_problem, parse_cilium_version
-from .workload import DataplanePods, KubeCluster, TrafficPath
+from .versions import nftables_problem, parse_cilium_version
 
 __all__ = ["KindProvider", "settings_from_options"]
 
@@ -127,19 +131,17 @@ class KindProvider:
 
     def _cluster(self, dataplane: str, setup: KindClusterSetup, api: KubeApi) -> KubeCluster:
         # This cluster is ours: namespaces a killed run left behind can go.
-        stale, _ = api.list_items("v1", "Namespace", label_selector="=".join(k8s.MANAGED_BY))
+        stale, _ = api.list_items("v1", "Namespace", label_selector="=".join(resources.MANAGED_BY))
         for namespace in stale:
             api.delete("v1", "Namespace", namespace["metadata"]["name"])
         name = f"dpt-{self.session}"
-        api.create(k8s.namespace(name, self.session))
+        api.create(resources.namespace(name, self.session))
         nodes, _ = api.list_items("v1", "Node")
         names = sorted(n["metadata"]["name"] for n in nodes)
         workers = [n for n in nodes if not n["metadata"]["name"].endswith("-control-plane")]
         target = sorted(workers or nodes, key=lambda n: n["metadata"]["name"])[0]
-        host = k8s.node_address(target)
+        host = resources.node_address(target)
         assert self.tools.docker is not None
-        from .nodes import DockerNodes
-
         keep = self.settings.keep
 
         def close() -> None:
@@ -177,8 +179,7 @@ class KindProvider:
             namespace=name,
             session=self.session,
             backend_image=self.settings.backend_image,
-            traffic=TrafficPath(
-                "NodePort",
+            traffic=NodePortPath(
                 host,
                 missing_reason=(
                     f"the kind node {target['metadata']['name']} has no InternalIP"

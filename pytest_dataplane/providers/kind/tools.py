@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Final
 
-from .versions import Version
+from ..k8s.versions import Version
 
 __all__ = [
     "INSTALL_HINTS",

@@ -1,24 +1,25 @@
 """Versions the kind provider reasons about: Cilium, Kubernetes, kind. Pure.
 
+:class:`~pytest_dataplane.providers.k8s.versions.Version` and the Cilium facts every
+provider needs (the agent's debug CLI) live in the shared Kubernetes layer.
+
 Every rule that depends on a version lives here, next to the fact it encodes:
 
 - Cilium 1.14 to 1.18 are supported; 1.12 and 1.13 are end of life, untested on the Kubernetes
   releases kind ships today, and refused;
 - Cilium's Helm chart took ``kubeProxyReplacement=strict`` before 1.14 and takes ``true`` from
   1.14 on (``strict`` was deprecated in 1.14 and later removed);
-- the agent's debug CLI is ``cilium-dbg`` from 1.15 on and ``cilium`` before;
 - kube-proxy's nftables mode is beta (enabled without a feature gate) from Kubernetes 1.31, and
   kind accepts ``kubeProxyMode: nftables`` from v0.23.0.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Final
 
+from ..k8s.versions import Version
+
 __all__ = [
-    "AGNHOST_IMAGE",
     "CILIUM_CHART_REPO",
     "DEFAULT_CILIUM_VERSION",
     "KIND_DEFAULT_IMAGES",
@@ -26,8 +27,6 @@ __all__ = [
     "NFTABLES_MIN_KIND",
     "NFTABLES_MIN_KUBERNETES",
     "SUPPORTED_CILIUM",
-    "Version",
-    "cilium_cli",
     "kind_default_image",
     "kind_default_kubernetes",
     "kube_proxy_replacement_value",
@@ -35,44 +34,6 @@ __all__ = [
     "nftables_problem",
     "parse_cilium_version",
 ]
-
-_VERSION_RE: Final = re.compile(
-    r"^v?(?P<major>\d+)\.(?P<minor>\d+)\.(?P<patch>\d+)(?:-(?P<pre>[0-9A-Za-z.]+))?$"
-)
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    """A ``MAJOR.MINOR.PATCH[-PRE]`` version; pre-releases sort before their release."""
-
-    major: int
-    minor: int
-    patch: int
-    # "~" sorts after every pre-release tag, so 1.17.0-rc.1 < 1.17.0.
-    pre: str = "~"
-
-    @classmethod
-    def parse(cls, text: str, *, what: str = "version") -> Version:
-        """Parse ``"1.16.12"``, ``"v1.31.2"`` or ``"1.17.0-rc.1"``; ValueError otherwise."""
-        match = _VERSION_RE.match(text.strip())
-        if match is None:
-            raise ValueError(
-                f"{what}: cannot parse {text!r}; accepted: MAJOR.MINOR.PATCH such as 1.16.12 "
-                "(a leading v and a -pre-release suffix are allowed)"
-            )
-        return cls(
-            int(match["major"]), int(match["minor"]), int(match["patch"]), match["pre"] or "~"
-        )
-
-    @property
-    def minor_version(self) -> tuple[int, int]:
-        """``(major, minor)``."""
-        return (self.major, self.minor)
-
-    def __str__(self) -> str:
-        base = f"{self.major}.{self.minor}.{self.patch}"
-        return base if self.pre == "~" else f"{base}-{self.pre}"
-
 
 # The default is the newest patch of the 1.16 line that we know is published (chart and
 # images): 1.16 is the release the project's story was measured on, it has the boolean
@@ -85,14 +46,9 @@ DEFAULT_CILIUM_VERSION: Final = "1.16.12"
 SUPPORTED_CILIUM: Final = ((1, 14), (1, 18))
 CILIUM_CHART_REPO: Final = "https://helm.cilium.io"
 _KPR_BOOLEAN_SINCE: Final = (1, 14)
-_CILIUM_DBG_SINCE: Final = (1, 15)
 
 NFTABLES_MIN_KUBERNETES: Final = Version(1, 31, 0)
 NFTABLES_MIN_KIND: Final = Version(0, 23, 0)
-
-# The Kubernetes e2e test server (``agnhost netexec``): serves /hostname, honours
-# --delay-shutdown, and is the image Kubernetes' own Service conformance tests use.
-AGNHOST_IMAGE: Final = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 
 # kind release -> its default node image, as the release's own
 # pkg/apis/config/defaults/image.go names it (read at each release tag). A kind version between
@@ -179,11 +135,6 @@ def parse_cilium_version(value: str, *, name: str = "--cilium-version") -> Versi
 def kube_proxy_replacement_value(version: Version) -> str:
     """The Helm value that turns on Cilium's full kube-proxy replacement at ``version``."""
     return "true" if version.minor_version >= _KPR_BOOLEAN_SINCE else "strict"
-
-
-def cilium_cli(version: Version) -> str:
-    """Name of the debug CLI inside the cilium-agent container at ``version``."""
-    return "cilium-dbg" if version.minor_version >= _CILIUM_DBG_SINCE else "cilium"
 
 
 def kind_default_kubernetes(kind_version: Version) -> Version | None:

@@ -12,8 +12,8 @@ import time
 from typing import Any, Final
 
 from ...errors import DataplaneError
-from ..kind import k8s
-from ..kind.api import KubeApi
+from ..k8s import resources
+from ..k8s.api import KubeApi
 
 __all__ = ["AGENT_IMAGE", "AgentNodes", "agent_daemonset"]
 
@@ -25,13 +25,13 @@ AGENT_IMAGE: Final = "registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
 def agent_daemonset(namespace: str, *, session: str, image: str = AGENT_IMAGE) -> dict[str, Any]:
     """The privileged node agent: hostNetwork, hostPID, tolerating every taint, idle until
     exec'd into."""
-    labels = {**k8s.managed_labels(session, "node-agent"), k8s.APP_LABEL: AGENT_NAME}
+    labels = {**resources.managed_labels(session, "node-agent"), resources.APP_LABEL: AGENT_NAME}
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
         "metadata": {"name": AGENT_NAME, "namespace": namespace, "labels": labels},
         "spec": {
-            "selector": {"matchLabels": {k8s.APP_LABEL: AGENT_NAME}},
+            "selector": {"matchLabels": {resources.APP_LABEL: AGENT_NAME}},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -60,7 +60,7 @@ def agent_daemonset(namespace: str, *, session: str, image: str = AGENT_IMAGE) -
 
 
 class AgentNodes:
-    """:class:`~pytest_dataplane.providers.kind.nodes.NodeAccess` through the agent pods."""
+    """:class:`~pytest_dataplane.providers.k8s.nodes.NodeAccess` through the agent pods."""
 
     def __init__(self, api: KubeApi, namespace: str, *, timeout: float = 180.0) -> None:
         self.api = api
@@ -88,7 +88,7 @@ class AgentNodes:
 
     def _refresh(self) -> None:
         pods, _ = self.api.list_items(
-            "v1", "Pod", self.namespace, label_selector=f"{k8s.APP_LABEL}={AGENT_NAME}"
+            "v1", "Pod", self.namespace, label_selector=f"{resources.APP_LABEL}={AGENT_NAME}"
         )
         self._pods = {
             p["spec"]["nodeName"]: p["metadata"]["name"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ..kind.api import KubeApi
+from ..k8s.api import KubeApi
 from .session import cleanup
 
 __all__ = ["main"]
@@ -24,7 +24,7 @@ def main(
         if api_factory is not None:
             api = api_factory()
         else:
-            from ..kind.api import KubernetesApi
+            from ..k8s.api import KubernetesApi
 
             api = KubernetesApi(kubeconfig=kubeconfig, context=context)
         api.server_version()

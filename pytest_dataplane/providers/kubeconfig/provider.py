@@ -13,10 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import DataplaneError, DataplaneUnavailable
-from ..kind import k8s
-from ..kind.api import KubeApi, NotFound
-from ..kind.versions import AGNHOST_IMAGE, Version, cilium_cli
-from ..kind.workload import DataplanePods, KubeCluster, TrafficPath
+from ..k8s import resources
+from ..k8s.api import KubeApi, NotFound
+from ..k8s.cilium import cilium_cli
+from ..k8s.cluster import DataplanePods, KubeCluster
+from ..k8s.resources import AGNHOST_IMAGE
+from ..k8s.traffic import LoadBalancerPath, NodePortPath, TrafficPath
+from ..k8s.versions import Version
 from .agent import AGENT_IMAGE, AgentNodes, agent_daemonset
 from .detect import Detection, detect
 from .session import new_session, session_namespace
@@ -107,7 +110,7 @@ class KubeconfigProvider:
                     if self._api_factory is not None:
                         self._api = self._api_factory()
                     else:
-                        from ..kind.api import KubernetesApi
+                        from ..k8s.api import KubernetesApi
 
                         self._api = KubernetesApi(kubeconfig=self.kubeconfig, context=self.context)
                     self._api.server_version()
@@ -209,23 +212,20 @@ class KubeconfigProvider:
 
     def _traffic(self) -> TrafficPath:
         if self.service_type == "LoadBalancer":
-            return TrafficPath("LoadBalancer", missing_reason=TRAFFIC_HINT)
+            return LoadBalancerPath(missing_reason=TRAFFIC_HINT)
         if self.node_address:
-            return TrafficPath("NodePort", self.node_address, missing_reason=TRAFFIC_HINT)
+            return NodePortPath(self.node_address, missing_reason=TRAFFIC_HINT)
         nodes, _ = self.api().list_items("v1", "Node")
         for kind in ("ExternalIP", "InternalIP"):
             for node in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
-                address = k8s.node_address(node, prefer=(kind,))
+                address = resources.node_address(node, prefer=(kind,))
                 if address:
-                    return TrafficPath(
-                        "NodePort",
+                    return NodePortPath(
                         address,
                         missing_reason=f"discovered node address {address} ({kind}) may not be "
                         f"reachable from here; {TRAFFIC_HINT}",
                     )
-        return TrafficPath(
-            "NodePort", None, missing_reason=f"no node has an address; {TRAFFIC_HINT}"
-        )
+        return NodePortPath(None, missing_reason=f"no node has an address; {TRAFFIC_HINT}")
 
     def create(self, dataplane: str) -> KubeCluster:
         reason = self.availability(dataplane)

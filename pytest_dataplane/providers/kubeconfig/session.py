@@ -8,13 +8,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Final
 
-from ..kind import k8s
-from ..kind.api import KubeApi
+from ..k8s import resources
+from ..k8s.api import KubeApi
 
 __all__ = ["CLEANUP_SELECTOR", "cleanup", "new_session", "session_namespace"]
 
 # Cleanup selects on the plugin's own label only, so it never touches anything else.
-CLEANUP_SELECTOR: Final = "=".join(k8s.MANAGED_BY)
+CLEANUP_SELECTOR: Final = "=".join(resources.MANAGED_BY)
 CREATED_ANNOTATION: Final = "pytest-dataplane/created"
 
 
@@ -26,7 +26,7 @@ def new_session() -> str:
 def session_namespace(session: str, *, privileged: bool = False) -> dict[str, Any]:
     """The namespace object for ``session``: ``dpt-<session>``, labelled for cleanup,
     privileged (Pod Security) only when the node agent must run in it."""
-    obj = k8s.namespace(f"dpt-{session}", session, privileged=privileged)
+    obj = resources.namespace(f"dpt-{session}", session, privileged=privileged)
     obj["metadata"]["annotations"] = {
         CREATED_ANNOTATION: datetime.now(timezone.utc).isoformat(timespec="seconds")
     }
@@ -42,7 +42,7 @@ def cleanup(
 ) -> list[str]:
     """Delete every namespace the plugin created (only ``session``'s when given); returns
     their names. Deleting a namespace deletes everything in it, node agent included."""
-    selector = CLEANUP_SELECTOR + (f",{k8s.SESSION_LABEL}={session}" if session else "")
+    selector = CLEANUP_SELECTOR + (f",{resources.SESSION_LABEL}={session}" if session else "")
     items, _ = api.list_items("v1", "Namespace", label_selector=selector)
     names = []
     for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):

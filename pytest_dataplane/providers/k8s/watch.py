@@ -3,7 +3,7 @@
 
 :class:`EndpointTracker` is pure state (feed it recorded watch events in tests);
 :class:`SliceWatcher` is the thin thread that lists, watches and re-lists through a
-:class:`~pytest_dataplane.providers.kind.api.KubeApi`.
+:class:`~pytest_dataplane.providers.k8s.api.KubeApi`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from ...events import Event, now
-from .k8s import ROLE_LABEL
+from .resources import ROLE_LABEL
 
 __all__ = ["EndpointTracker", "SliceWatcher", "ready_endpoints"]
 

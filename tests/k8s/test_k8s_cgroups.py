@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dataplane.providers.kind.metrics import (
+from pytest_dataplane.providers.k8s.metrics import (
     cgroup_find_script,
     cgroup_read_script,
     cpu_unavailable_reason,

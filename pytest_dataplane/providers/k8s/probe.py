@@ -12,6 +12,7 @@ import http.client
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...events import now
@@ -50,10 +51,18 @@ class Prober:
     """Runs probes concurrently (a rollout adds several endpoints at once, and each must be
     timed from its own event); collects latencies and misses."""
 
-    def __init__(self, *, timeout: float = 15.0, interval: float = 0.005, workers: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 15.0,
+        interval: float = 0.005,
+        workers: int = 8,
+        fetch: Callable[[str], str | None] = fetch_hostname,
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.timeout = timeout
+        self._fetch = fetch
         self.interval = interval
         self._lock = threading.Lock()
         self._latencies: list[float] = []
@@ -97,7 +106,7 @@ class Prober:
         deadline = probe.since + self.timeout
         answered: float | None = None
         while now() < deadline and self._current(generation):
-            if fetch_hostname(probe.url) == probe.pod:
+            if self._fetch(probe.url) == probe.pod:
                 answered = now()
                 break
             time.sleep(self.interval)

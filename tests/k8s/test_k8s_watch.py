@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from pytest_dataplane.events import Event
-from pytest_dataplane.providers.kind.testing import MemoryApi
-from pytest_dataplane.providers.kind.watch import EndpointTracker, SliceWatcher, ready_endpoints
+from pytest_dataplane.providers.k8s.testing import MemoryApi
+from pytest_dataplane.providers.k8s.watch import EndpointTracker, SliceWatcher, ready_endpoints
 
 
 def eps(

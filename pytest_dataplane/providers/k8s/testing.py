@@ -1,10 +1,10 @@
-"""An in-memory :class:`~pytest_dataplane.providers.kind.api.KubeApi` for tests.
+"""An in-memory :class:`~pytest_dataplane.providers.k8s.api.KubeApi` for tests.
 
 It stores objects, records every call, matches label selectors the way the API server does
 (equality, inequality, existence), bumps ``generation`` on spec changes, replays a scripted
 watch stream, and lets a test play a controller through ``reactors`` (called after each
 create/patch/delete). It talks to no server; code that runs against it runs against a real
-one through :class:`~pytest_dataplane.providers.kind.api.KubernetesApi` unchanged.
+one through :class:`~pytest_dataplane.providers.k8s.api.KubernetesApi` unchanged.
 """
 
 from __future__ import annotations

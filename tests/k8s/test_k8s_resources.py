@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from pytest_dataplane.providers.kind import k8s
+from pytest_dataplane.providers.k8s import resources
 
 
 def test_deployment_object() -> None:
-    dep = k8s.deployment("backend", "dpt-abc", replicas=3, image="img:1", session="abc")
+    dep = resources.deployment("backend", "dpt-abc", replicas=3, image="img:1", session="abc")
     assert dep["apiVersion"] == "apps/v1"
     assert dep["metadata"] == {
         "name": "backend",
@@ -40,43 +40,41 @@ def test_deployment_object() -> None:
 
 
 def test_service_object() -> None:
-    svc = k8s.service("backend", "ns", port=80, session="s")
+    svc = resources.service("backend", "ns", port=80, session="s")
     assert svc["spec"] == {
         "type": "NodePort",
         "selector": {"app.kubernetes.io/name": "backend"},
         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
     }
-    assert (
-        k8s.service("b", "ns", port=80, session="s", service_type="LoadBalancer")["spec"]["type"]
-        == "LoadBalancer"
-    )
+    balanced = resources.service("b", "ns", port=80, session="s", service_type="LoadBalancer")
+    assert balanced["spec"]["type"] == "LoadBalancer"
 
 
 @pytest.mark.parametrize("name", ["Backend", "1st", "a_b", "x" * 64, "end-", ""])
 def test_bad_names(name: str) -> None:
     with pytest.raises(ValueError, match="deploy name"):
-        k8s.deployment(name, "ns", replicas=1, image="i", session="s")
+        resources.deployment(name, "ns", replicas=1, image="i", session="s")
 
 
 @pytest.mark.parametrize("value", [-1, True, 2.5])
 def test_bad_replicas(value: Any) -> None:
     with pytest.raises(ValueError, match="replicas"):
-        k8s.deployment("b", "ns", replicas=value, image="i", session="s")
+        resources.deployment("b", "ns", replicas=value, image="i", session="s")
 
 
 @pytest.mark.parametrize("value", [0, 70000, True])
 def test_bad_ports(value: Any) -> None:
     with pytest.raises(ValueError, match="port"):
-        k8s.service("b", "ns", port=value, session="s")
+        resources.service("b", "ns", port=value, session="s")
 
 
 def test_background_objects() -> None:
-    svc = k8s.background_service("dpt-bg-00001", "ns", session="s")
+    svc = resources.background_service("dpt-bg-00001", "ns", session="s")
     assert "selector" not in svc["spec"]
     assert svc["metadata"]["labels"]["pytest-dataplane/role"] == "background"
-    addresses = k8s.background_addresses(3, 3)
+    addresses = resources.background_addresses(3, 3)
     assert addresses == ["198.18.0.4", "198.18.0.5", "198.18.0.6"]
-    eps = k8s.background_slice("dpt-bg-00001", "ns", addresses, session="s")
+    eps = resources.background_slice("dpt-bg-00001", "ns", addresses, session="s")
     labels = eps["metadata"]["labels"]
     assert labels["kubernetes.io/service-name"] == "dpt-bg-00001"
     assert labels["endpointslice.kubernetes.io/managed-by"] == "pytest-dataplane"
@@ -87,21 +85,21 @@ def test_background_objects() -> None:
 
 
 def test_background_addresses_are_distinct_and_bounded() -> None:
-    many = k8s.background_addresses(0, 15_000)
+    many = resources.background_addresses(0, 15_000)
     assert len(set(many)) == 15_000
     assert many[-1] == "198.18.58.152"
     with pytest.raises(ValueError, match=r"do not fit in 198\.18\.0\.0/15"):
-        k8s.background_addresses(131_000, 100)
+        resources.background_addresses(131_000, 100)
 
 
 def test_scale_patch() -> None:
-    assert k8s.scale_patch(6) == {"spec": {"replicas": 6}}
+    assert resources.scale_patch(6) == {"spec": {"replicas": 6}}
     with pytest.raises(ValueError, match="replicas"):
-        k8s.scale_patch(-2)
+        resources.scale_patch(-2)
 
 
 def test_rollout_patch() -> None:
-    patch = k8s.rollout_patch(max_surge=1, max_unavailable="0%", grace="2.5s", revision="r1")
+    patch = resources.rollout_patch(max_surge=1, max_unavailable="0%", grace="2.5s", revision="r1")
     assert patch == {
         "spec": {
             "strategy": {
@@ -139,7 +137,7 @@ def test_rollout_patch() -> None:
 )
 def test_rollout_patch_rejects(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        k8s.rollout_patch(grace="1s", revision="r", **kw)
+        resources.rollout_patch(grace="1s", revision="r", **kw)
 
 
 def deployment(generation: int, **status: int) -> dict[str, Any]:
@@ -173,8 +171,8 @@ def deployment(generation: int, **status: int) -> dict[str, Any]:
     ],
 )
 def test_rollout_complete(dep: dict[str, Any], done: bool) -> None:
-    assert k8s.rollout_complete(dep) is done
-    assert "wanted 3" in k8s.rollout_status(dep)
+    assert resources.rollout_complete(dep) is done
+    assert "wanted 3" in resources.rollout_status(dep)
 
 
 def test_addresses_and_urls() -> None:
@@ -187,17 +185,17 @@ def test_addresses_and_urls() -> None:
             ]
         }
     }
-    assert k8s.node_address(node) == "172.18.0.3"
-    assert k8s.node_address(node, prefer=("ExternalIP", "InternalIP")) == "203.0.113.9"
-    assert k8s.node_address({"status": {}}) is None
+    assert resources.node_address(node) == "172.18.0.3"
+    assert resources.node_address(node, prefer=("ExternalIP", "InternalIP")) == "203.0.113.9"
+    assert resources.node_address({"status": {}}) is None
     svc = {
         "spec": {"ports": [{"name": "http", "port": 80, "nodePort": 31234}]},
         "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example"}]}},
     }
-    assert k8s.node_port(svc) == 31234
-    assert k8s.node_port({"spec": {"ports": [{"name": "http", "port": 80}]}}) is None
-    assert k8s.lb_address(svc) == "lb.example"
-    assert k8s.lb_address({"status": {}}) is None
-    assert k8s.url_for("172.18.0.3", 31234) == "http://172.18.0.3:31234/"
-    assert k8s.url_for("fd00::3", 80) == "http://[fd00::3]:80/"
-    assert k8s.url_for("lb.example", 80) == "http://lb.example:80/"
+    assert resources.node_port(svc) == 31234
+    assert resources.node_port({"spec": {"ports": [{"name": "http", "port": 80}]}}) is None
+    assert resources.lb_address(svc) == "lb.example"
+    assert resources.lb_address({"status": {}}) is None
+    assert resources.url_for("172.18.0.3", 31234) == "http://172.18.0.3:31234/"
+    assert resources.url_for("fd00::3", 80) == "http://[fd00::3]:80/"
+    assert resources.url_for("lb.example", 80) == "http://lb.example:80/"

@@ -10,21 +10,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kindkit import Backends, Controllers
+from k8skit import Backends, Controllers
 
 from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
-from pytest_dataplane.providers.kind import k8s
-from pytest_dataplane.providers.kind.api import ExecResult
-from pytest_dataplane.providers.kind.metrics import PROGRAMMING_METRIC
-from pytest_dataplane.providers.kind.nodes import DUMP_SCRIPT
-from pytest_dataplane.providers.kind.testing import MemoryApi
-from pytest_dataplane.providers.kind.workload import (
+from pytest_dataplane.providers.k8s import resources
+from pytest_dataplane.providers.k8s.api import ExecResult
+from pytest_dataplane.providers.k8s.cluster import (
     DataplanePods,
     KubeCluster,
-    TrafficPath,
     format_events,
     load_manifests,
 )
+from pytest_dataplane.providers.k8s.metrics import PROGRAMMING_METRIC
+from pytest_dataplane.providers.k8s.nodes import DUMP_SCRIPT
+from pytest_dataplane.providers.k8s.testing import MemoryApi
+from pytest_dataplane.providers.k8s.traffic import NodePortPath
 
 DATA = Path(__file__).parent.parent / "data"
 NS = "dpt-test1"
@@ -117,7 +117,7 @@ def make_cluster(
         namespace=NS,
         session="test1",
         backend_image="agnhost:test",
-        traffic=TrafficPath("NodePort", "127.0.0.1"),
+        traffic=NodePortPath("127.0.0.1"),
         dataplane_pods=DataplanePods.for_dataplane(dataplane, "cilium-dbg"),
         node_access=nodes,
         node_access_reason="pass --dataplane-node-access",
@@ -143,7 +143,7 @@ def test_deploy_scale_rollout_events(iptables: tuple[KubeCluster, MemoryApi, Fak
     assert len(backend.endpoints) == 3
     created = [c for c in api.calls if c.verb == "create"]
     assert [c.kind for c in created] == ["Deployment", "Service"]
-    assert created[0].body == k8s.deployment(
+    assert created[0].body == resources.deployment(
         "backend", NS, replicas=3, image="agnhost:test", session="test1"
     )
     assert created[1].body["spec"]["type"] == "NodePort"

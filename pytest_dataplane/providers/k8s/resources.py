@@ -1,4 +1,4 @@
-"""Kubernetes objects and patches the kind and kubeconfig providers send. Pure.
+"""Kubernetes objects and patches the providers send through the Kubernetes layer. Pure.
 
 Objects are plain dicts in the API's JSON form (camelCase), the form the API server, a
 recorded watch stream and ``kubectl get -o json`` all use, so tests can compare them
@@ -16,6 +16,7 @@ from typing import Any, Final
 from ...config import parse_duration, parse_int_or_percent
 
 __all__ = [
+    "AGNHOST_IMAGE",
     "APP_LABEL",
     "BACKEND_PORT",
     "MANAGED_BY",
@@ -45,6 +46,9 @@ ROLE_LABEL: Final = "pytest-dataplane/role"
 APP_LABEL: Final = "app.kubernetes.io/name"
 REVISION_ANNOTATION: Final = "pytest-dataplane/revision"
 SLICE_MANAGER: Final = "pytest-dataplane"  # endpointslice.kubernetes.io/managed-by
+# The Kubernetes e2e test server (``agnhost netexec``): serves /hostname, honours
+# --delay-shutdown, and is the image Kubernetes' own Service conformance tests use.
+AGNHOST_IMAGE: Final = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 BACKEND_PORT: Final = 8080
 CONTAINER: Final = "backend"
 # RFC 2544's benchmarking range: background endpoints are never sent traffic, and these

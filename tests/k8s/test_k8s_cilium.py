@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dataplane.providers.kind.cilium import LbList, parse_lb_list
+from pytest_dataplane.providers.k8s.cilium import LbList, parse_lb_list
 from pytest_dataplane.providers.kind.versions import SUPPORTED_CILIUM
 
 DATA = Path(__file__).parent.parent / "data" / "cilium"

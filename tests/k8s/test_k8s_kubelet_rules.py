@@ -13,7 +13,7 @@ import pytest
 from pytest_dataplane import DataplaneAssertionError, assert_kube_rules_at_most
 from pytest_dataplane.providers import rules
 from pytest_dataplane.providers.base import RuleCountPart
-from pytest_dataplane.providers.kind.nodes import kubelet_from_dump, rules_from_dump
+from pytest_dataplane.providers.k8s.nodes import kubelet_from_dump, rules_from_dump
 from pytest_dataplane.providers.rules import summarize
 
 DATA = Path(__file__).parent.parent / "data"

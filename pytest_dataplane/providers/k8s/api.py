@@ -2,7 +2,7 @@
 
 :class:`KubeApi` is the protocol the rest of the code talks to; :class:`KubernetesApi`
 implements it with the official ``kubernetes`` client (dynamic client for objects, the core
-API for exec and logs). The in-memory :class:`~pytest_dataplane.providers.kind.testing.MemoryApi`
+API for exec and logs). The in-memory :class:`~pytest_dataplane.providers.k8s.testing.MemoryApi`
 implements it for tests.
 """
 
@@ -130,6 +130,13 @@ def _to_dict(api_client: Any, obj: Any) -> dict[str, Any]:
 class KubernetesApi:
     """:class:`KubeApi` over the official client, for a kubeconfig (and optional context).
 
+    One ``ApiClient`` per purpose: REST calls, watches and execs each have their own.
+    ``kubernetes.stream`` runs an exec by swapping ``call_api`` on the client it is handed
+    for the duration of the call; on a shared client, a request another thread sends in that
+    window (the EndpointSlice watch, the CPU sampler, a test's REST call) would go out as a
+    websocket exec. Execs are serialised on their client for the same reason: two
+    overlapping swaps would restore the wrong ``call_api``.
+
     Imports ``kubernetes`` lazily: the plugin loads without touching it.
     """
 
@@ -148,12 +155,20 @@ class KubernetesApi:
         # Many background objects are created from a thread pool; the default pool of 4
         # connections would serialize them.
         configuration.connection_pool_maxsize = pool_size
+        self._configuration = configuration
         self._client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._client)
         self._version = client.VersionApi(self._client)
         self._dynamic = dynamic_client(self._client)
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        # Made on first use: many sessions never watch through this object or exec at all.
+        self._watch_client: Any = None
+        self._watch_dynamic: Any = None
+        self._watch_resources: dict[tuple[str, str], Any] = {}
+        self._exec_client: Any = None
+        self._exec_core: Any = None
+        self._exec_lock = threading.Lock()
         self.host = str(configuration.host)
 
     def _resource(self, api_version: str, kind: str) -> Any:
@@ -164,6 +179,30 @@ class KubernetesApi:
                     api_version=api_version, kind=kind
                 )
             return self._resources[key]
+
+    def _watch_resource(self, api_version: str, kind: str) -> Any:
+        from kubernetes import client, dynamic
+
+        dynamic_client: Any = dynamic.DynamicClient
+        key = (api_version, kind)
+        with self._lock:
+            if self._watch_dynamic is None:
+                self._watch_client = client.ApiClient(self._configuration)
+                self._watch_dynamic = dynamic_client(self._watch_client)
+            if key not in self._watch_resources:
+                self._watch_resources[key] = self._watch_dynamic.resources.get(
+                    api_version=api_version, kind=kind
+                )
+            return self._watch_resources[key]
+
+    def _exec_api(self) -> Any:
+        from kubernetes import client
+
+        with self._lock:
+            if self._exec_core is None:
+                self._exec_client = client.ApiClient(self._configuration)
+                self._exec_core = client.CoreV1Api(self._exec_client)
+            return self._exec_core
 
     @staticmethod
     def _not_found(exc: Exception) -> bool:
@@ -271,7 +310,7 @@ class KubernetesApi:
         timeout: float,
         label_selector: str | None = None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        resource = self._resource(api_version, kind)
+        resource = self._watch_resource(api_version, kind)
         for event in resource.watch(
             namespace=namespace,
             label_selector=label_selector,
@@ -279,7 +318,9 @@ class KubernetesApi:
             timeout=max(1, int(timeout)),
         ):
             raw = event.get("raw_object")
-            obj = raw if isinstance(raw, dict) else _to_dict(self._client, event.get("object"))
+            obj = (
+                raw if isinstance(raw, dict) else _to_dict(self._watch_client, event.get("object"))
+            )
             yield str(event.get("type")), obj
 
     def exec(
@@ -297,14 +338,18 @@ class KubernetesApi:
         }
         if container:
             kwargs["container"] = container
-        client = stream(self._core.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
-        try:
-            client.run_forever(timeout=timeout)
-            stdout = client.read_stdout() or ""
-            stderr = client.read_stderr() or ""
-            returncode = client.returncode
-        finally:
-            client.close()
+        core = self._exec_api()
+        # stream() swaps call_api on the exec client while it opens the websocket; hold the
+        # lock for the whole exec so no other exec's swap interleaves with this one.
+        with self._exec_lock:
+            client = stream(core.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+            try:
+                client.run_forever(timeout=timeout)
+                stdout = client.read_stdout() or ""
+                stderr = client.read_stderr() or ""
+                returncode = client.returncode
+            finally:
+                client.close()
         if returncode is None:
             raise DataplaneError(
                 f"exec {' '.join(argv)} in {namespace}/{pod} did not finish in {timeout:g} s"
@@ -336,5 +381,6 @@ class KubernetesApi:
         return str(self._version.get_code().git_version)
 
     def close(self) -> None:
-        api_client: Any = self._client
-        api_client.close()
+        for api_client in (self._client, self._watch_client, self._exec_client):
+            if api_client is not None:
+                api_client.close()

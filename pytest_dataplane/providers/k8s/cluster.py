@@ -1,10 +1,12 @@
-"""The Cluster and Service protocols on a real Kubernetes cluster, shared by the kind and
-kubeconfig providers.
+"""The Cluster and Service protocols on a real Kubernetes cluster, once for every provider.
 
 Everything a test creates lives in one namespace. Workloads are agnhost ``netexec``
-Deployments behind NodePort (or LoadBalancer) Services reached from the host, so requests
-cross the dataplane; an EndpointSlice watch turns endpoint changes into events. Node-level
-numbers (rules, CPU, kube-proxy's histogram) need a :class:`~.nodes.NodeAccess`.
+Deployments behind Services that the provider's :class:`~.traffic.TrafficPath` reaches, so
+requests cross the dataplane; scaling and rollouts are template changes that the real
+Deployment controller carries out; background services are selectorless Services with
+EndpointSlices of their own; an EndpointSlice watch turns endpoint changes into events.
+Node-level numbers (rules, CPU, kube-proxy's histogram) need the provider's
+:class:`~.nodes.NodeAccess`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,12 +31,11 @@ from ...events import Event, now
 from ..base import (
     CpuUsage,
     RuleCount,
-    RuleCountPart,
     check_background_args,
     check_deploy_args,
 )
 from ..rules import summarize
-from . import k8s
+from . import resources
 from .api import KubeApi
 from .cilium import parse_lb_list
 from .metrics import (
@@ -51,11 +51,12 @@ from .metrics import (
     parse_cgroup_read,
     parse_histogram,
 )
-from .nodes import DUMP_SCRIPT, NodeAccess, kubelet_from_dump, merge_chains, rules_from_dump
-from .probe import Probe, Prober, fetch_hostname
+from .nodes import NodeAccess, count_rules
+from .probe import Probe, Prober
+from .traffic import TrafficPath
 from .watch import EndpointTracker, SliceWatcher
 
-__all__ = ["DataplanePods", "KubeCluster", "KubeService", "TrafficPath", "load_manifests"]
+__all__ = ["DataplanePods", "KubeCluster", "KubeService", "format_events", "load_manifests"]
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +84,6 @@ class DataplanePods:
         if dataplane == "ebpf":
             return cls("k8s-app=cilium", "cilium-agent", cilium_cli or "cilium-dbg")
         return cls("k8s-app=kube-proxy", "kube-proxy")
-
-
-@dataclass
-class TrafficPath:
-    """How the host reaches a Service: NodePort on ``node_host``, or a LoadBalancer address."""
-
-    service_type: str = "NodePort"
-    node_host: str | None = None
-    missing_reason: str = ""
-
-    def url(self, svc: Mapping[str, Any]) -> str | None:
-        """The URL for a created Service object, or None while it has no address yet."""
-        if self.service_type == "LoadBalancer":
-            address = k8s.lb_address(svc)
-            ports = svc.get("spec", {}).get("ports") or [{}]
-            return k8s.url_for(address, int(ports[0].get("port", 80))) if address else None
-        port = k8s.node_port(svc)
-        if self.node_host is None:
-            raise DataplaneError(self.missing_reason or "no node address to reach NodePorts")
-        return k8s.url_for(self.node_host, port) if port else None
 
 
 def load_manifests(
@@ -159,11 +140,11 @@ class KubeService:
 
     @property
     def netns(self) -> str | None:
-        return None
+        return self._cluster.traffic.netns
 
     @property
     def cgroup(self) -> str | None:
-        return None
+        return self._cluster.traffic.cgroup
 
     @property
     def endpoints(self) -> list[str]:
@@ -365,7 +346,7 @@ class KubeCluster:
                 self._histogram_base = base
                 self.latency_source = "kube-proxy histogram"
         if self._histogram_base is None:
-            self.prober = Prober()
+            self.prober = Prober(fetch=self.traffic.hostname)
         if self.node_access is not None:
             self.cpu = _CpuSampler(self, interval=cpu_interval)
             self.cpu.start()
@@ -422,10 +403,10 @@ class KubeCluster:
         with self._lock:
             if name in self._services:
                 raise ValueError(f"deploy: {name!r} is already deployed; use service({name!r})")
-        deployment = k8s.deployment(
+        deployment = resources.deployment(
             name, self.namespace, replicas=replicas, image=self.backend_image, session=self.session
         )
-        svc = k8s.service(
+        svc = resources.service(
             name,
             self.namespace,
             port=port,
@@ -454,14 +435,18 @@ class KubeCluster:
         if self.background_refusal is not None:
             _skip(self.background_refusal)
         start = self._background
-        addresses = k8s.background_addresses(start * endpoints, count * endpoints)
+        addresses = resources.background_addresses(start * endpoints, count * endpoints)
         started = now()
 
         def create(i: int) -> None:
             name = f"dpt-bg-{start + i:05d}"
             mine = addresses[i * endpoints : (i + 1) * endpoints]
-            self.api.create(k8s.background_service(name, self.namespace, session=self.session))
-            self.api.create(k8s.background_slice(name, self.namespace, mine, session=self.session))
+            self.api.create(
+                resources.background_service(name, self.namespace, session=self.session)
+            )
+            self.api.create(
+                resources.background_slice(name, self.namespace, mine, session=self.session)
+            )
 
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="dataplane-bg") as pool:
             for future in [pool.submit(create, i) for i in range(count)]:
@@ -526,13 +511,13 @@ class KubeCluster:
         deployment: Mapping[str, Any] = {}
         while now() < deadline:
             deployment = self.api.get("apps/v1", "Deployment", name, self.namespace)
-            if k8s.rollout_complete(deployment):
+            if resources.rollout_complete(deployment):
                 break
             time.sleep(0.5)
         else:
             raise DataplaneError(
                 f"deployment {name} did not roll out in {self.timeout:g} s: "
-                f"{k8s.rollout_status(deployment)}"
+                f"{resources.rollout_status(deployment)}"
             )
 
         def settled(ready: Mapping[str, str | None]) -> bool:
@@ -549,7 +534,7 @@ class KubeCluster:
     def _wait_reachable(self, service: KubeService) -> None:
         deadline = now() + min(self.timeout, 120.0)
         while now() < deadline:
-            if fetch_hostname(service.url) is not None:
+            if self.traffic.hostname(service.url) is not None:
                 return
             time.sleep(0.2)
         raise DataplaneError(
@@ -558,7 +543,7 @@ class KubeCluster:
         )
 
     def _scale(self, service: KubeService, replicas: int) -> None:
-        patch = k8s.scale_patch(replicas)
+        patch = resources.scale_patch(replicas)
         self._event("scale", service=service.name, replicas=replicas, previous=service.replicas)
         self.api.patch(
             "apps/v1", "Deployment", service.name, self.namespace, patch, strategic=False
@@ -574,7 +559,7 @@ class KubeCluster:
         max_unavailable: int | str,
         grace: float | str,
     ) -> None:
-        patch = k8s.rollout_patch(
+        patch = resources.rollout_patch(
             max_surge=max_surge,
             max_unavailable=max_unavailable,
             grace=grace,
@@ -609,15 +594,7 @@ class KubeCluster:
 
     def rule_count(self) -> RuleCount:
         nodes = self._require_nodes("counting rules")
-        parts: list[RuleCountPart] = []
-        kubelet: list[RuleCountPart] = []
-        chains: dict[str, Counter[str]] = {}
-        for node in nodes.nodes():
-            dump = nodes.run(node, DUMP_SCRIPT)
-            node_parts, node_chains = rules_from_dump(node, dump)
-            parts += node_parts
-            kubelet += kubelet_from_dump(node, dump)
-            chains[node] = node_chains
+        found = count_rules(nodes)
         service_map: int | None = None
         if self.name == "ebpf" and self.dataplane_pods.cli:
             service_map = 0
@@ -636,7 +613,10 @@ class KubeCluster:
                     )
                 service_map += parse_lb_list(done.stdout).entries
         return summarize(
-            parts, merge_chains(chains), service_map_entries=service_map, kubelet_parts=kubelet
+            list(found.parts),
+            found.chains,
+            service_map_entries=service_map,
+            kubelet_parts=list(found.kubelet_parts),
         )
 
     def _read_histograms(self) -> dict[str, dict[float, float]]:
@@ -768,8 +748,8 @@ class KubeCluster:
 
     def reset(self) -> None:
         """Delete what the test created in the namespace, and start a new measurement window."""
-        selector_workload = f"{k8s.ROLE_LABEL}=workload"
-        selector_background = f"{k8s.ROLE_LABEL}=background"
+        selector_workload = f"{resources.ROLE_LABEL}=workload"
+        selector_background = f"{resources.ROLE_LABEL}=background"
         with self._lock:
             applied, self._applied = self._applied, []
         for api_version, kind, name, namespace in reversed(applied):

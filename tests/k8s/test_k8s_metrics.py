@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_dataplane.providers.kind.metrics import (
+from pytest_dataplane.providers.k8s.metrics import (
     attribute_cpu,
     cgroup_find_script,
     cgroup_read_script,

@@ -27,7 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LbList", "parse_lb_list"]
+from .versions import Version
+
+__all__ = ["LbList", "cilium_cli", "parse_lb_list"]
+
+# The agent's debug CLI was renamed from ``cilium`` to ``cilium-dbg`` in 1.15.
+_CILIUM_DBG_SINCE: Final = (1, 15)
 
 _ENTRY: Final = re.compile(
     r"^(?P<address>\S+)\s+\((?P<revnat>\d+)\)(?:\s+\((?P<slot>\d+)\))?(?:\s|$)"
@@ -115,3 +120,8 @@ def parse_lb_list(text: str) -> LbList:
         current = row["frontend"]
         groups.setdefault(current, []).append(row["entry"])
     return _count(groups)
+
+
+def cilium_cli(version: Version) -> str:
+    """Name of the debug CLI inside the cilium-agent container at ``version``."""
+    return "cilium-dbg" if version.minor_version >= _CILIUM_DBG_SINCE else "cilium"

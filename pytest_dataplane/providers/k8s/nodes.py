@@ -1,18 +1,20 @@
 """Running commands on cluster nodes, and reading the dataplane's rules from what they print.
 
-On kind a node is a container (``docker exec``); on an existing cluster it is reached through
-the privileged node agent (see the kubeconfig provider). Both run the same shell snippets, so
-the parsing below is shared and pure.
+:class:`NodeAccess` is the one thing a provider supplies to reach nodes: on kind a node is a
+container (``docker exec``, :class:`~pytest_dataplane.providers.kind.docker.DockerNodes`); on an
+existing cluster it is reached through the privileged node agent
+(:class:`~pytest_dataplane.providers.kubeconfig.agent.AgentNodes`). Every provider runs the
+same shell snippets, so the parsing below is shared and pure, and :func:`count_rules` is the
+one rule-count collector over any node access.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final, Protocol
 
-from ...errors import DataplaneError
 from ..base import RuleCountPart
 from ..rules import (
     count_iptables_save,
@@ -24,8 +26,9 @@ from ..rules import (
 
 __all__ = [
     "DUMP_SCRIPT",
-    "DockerNodes",
     "NodeAccess",
+    "NodeRules",
+    "count_rules",
     "kubelet_from_dump",
     "rules_from_dump",
     "split_sections",
@@ -110,27 +113,25 @@ def merge_chains(per_node: Mapping[str, Counter[str]]) -> Counter[str]:
     return total
 
 
-class DockerNodes:
-    """kind nodes: containers named as their Kubernetes nodes, reached with ``docker exec``."""
+@dataclass(frozen=True)
+class NodeRules:
+    """What :func:`count_rules` read: the counted parts, kubelet's own (uncounted) parts, and
+    chain sizes summed over nodes."""
 
-    def __init__(self, docker: str, names: list[str]) -> None:
-        self.docker = docker
-        self._names = list(names)
+    parts: tuple[RuleCountPart, ...]
+    kubelet_parts: tuple[RuleCountPart, ...]
+    chains: Counter[str]
 
-    def nodes(self) -> list[str]:
-        return list(self._names)
 
-    def run(self, node: str, script: str, *, timeout: float = 60.0) -> str:
-        argv = [self.docker, "exec", node, "sh", "-c", script]
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise DataplaneError(f"docker exec {node} did not finish in {timeout:g} s") from None
-        if done.returncode != 0:
-            raise DataplaneError(
-                f"docker exec {node} failed with exit status {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[:2000]}"
-            )
-        return done.stdout
+def count_rules(nodes: NodeAccess) -> NodeRules:
+    """Run :data:`DUMP_SCRIPT` on every node and count its ``KUBE-`` lines."""
+    parts: list[RuleCountPart] = []
+    kubelet: list[RuleCountPart] = []
+    chains: dict[str, Counter[str]] = {}
+    for node in nodes.nodes():
+        dump = nodes.run(node, DUMP_SCRIPT)
+        node_parts, node_chains = rules_from_dump(node, dump)
+        parts += node_parts
+        kubelet += kubelet_from_dump(node, dump)
+        chains[node] = node_chains
+    return NodeRules(tuple(parts), tuple(kubelet), merge_chains(chains))

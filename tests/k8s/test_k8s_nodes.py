@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dataplane.providers.kind.nodes import (
+from pytest_dataplane.providers.k8s.nodes import (
     DUMP_SCRIPT,
-    DockerNodes,
     rules_from_dump,
     split_sections,
 )
@@ -134,20 +133,3 @@ def test_dump_script_counts_what_the_lab_counts(netns: str) -> None:
         # kube-proxy's own count for these services: 5 + S(2 + 3N) nat rules, plus the jump
         # rules and chain declarations that mention KUBE- as well
         assert all(p.lines >= lab_iptables.nat_rule_count(services().values()) for p in nat)
-
-
-def test_docker_nodes_runs_docker_exec(tmp_path: Path) -> None:
-    log = tmp_path / "calls"
-    fake = tmp_path / "docker"
-    fake.write_text(
-        f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" = bad ] && {{ echo boom >&2; exit 7; }}\necho out\n'
-    )
-    fake.chmod(0o755)
-    nodes = DockerNodes(str(fake), ["kind-control-plane", "kind-worker"])
-    assert nodes.nodes() == ["kind-control-plane", "kind-worker"]
-    assert nodes.run("kind-worker", "echo hi") == "out\n"
-    assert log.read_text() == "exec kind-worker sh -c echo hi\n"
-    from pytest_dataplane.errors import DataplaneError
-
-    with pytest.raises(DataplaneError, match="docker exec bad failed with exit status 7: boom"):
-        nodes.run("bad", "true")
