@@ -298,6 +298,19 @@ def test_no_node_access_skips_rule_counts_and_cpu(backends: Backends) -> None:
         cluster.close()
 
 
+def test_measuring_before_start_raises_not_asserts(backends: Backends) -> None:
+    # A cluster built without its threads has no latency source and no sampler: the package's
+    # error says so (a bare assert would vanish under python -O and fail later, obscurely).
+    cluster, _, _ = make_cluster(backends, nodes=FakeNodes(), start_threads=False)
+    try:
+        with pytest.raises(DataplaneError, match="was not started: no programming-latency"):
+            cluster.programming_latencies()
+        with pytest.raises(DataplaneError, match="was not started: no CPU sampler"):
+            cluster.cpu_seconds()
+    finally:
+        cluster.close()
+
+
 def test_no_histogram_falls_back_to_connections(backends: Backends) -> None:
     nodes = FakeNodes(metrics=False)
     cluster, _, _ = make_cluster(backends, nodes=nodes)

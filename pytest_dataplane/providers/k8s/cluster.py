@@ -640,12 +640,14 @@ class KubeCluster:
                 for node, hist in after.items()
             ]
             return np.concatenate(values) if values else np.asarray([], dtype=np.float64)
-        assert self.prober is not None
+        if self.prober is None:
+            raise DataplaneError(f"{self!r} was not started: no programming-latency source")
         return np.asarray(self.prober.latencies(), dtype=np.float64)
 
     def cpu_seconds(self) -> CpuUsage:
         self._require_nodes("the dataplane's CPU")
-        assert self.cpu is not None
+        if self.cpu is None:
+            raise DataplaneError(f"{self!r} was not started: no CPU sampler")
         end = now()
         self.cpu.sample()
         if self.cpu.unavailable:
