@@ -92,13 +92,14 @@ def collect(args: argparse.Namespace) -> int:
     if reason is not None:
         print(f"{dataplane} is unavailable here: {reason}", file=sys.stderr)
         return 2
-    out = args.data / (args.setting + (f"-x{args.slowdown:g}" if args.power_only else ""))
+    tag = f"-{args.base_p50 * 1e3:g}ms-x{args.slowdown:g}" if args.power_only else ""
+    out = args.data / (args.setting + tag)
     out.mkdir(parents=True, exist_ok=True)
     done = sorted(out.glob("cycle-*.npz"))
     first = len(done)
     provider = LabProvider()
-    base_time = ServiceTime.lognormal(BASE_P50, SIGMA)
-    slow_time = ServiceTime.lognormal(BASE_P50 * args.slowdown, SIGMA)
+    base_time = ServiceTime.lognormal(args.base_p50, SIGMA)
+    slow_time = ServiceTime.lognormal(args.base_p50 * args.slowdown, SIGMA)
     try:
         cluster = provider.create(dataplane)
         if args.setting == "busy":
@@ -133,6 +134,7 @@ def collect(args: argparse.Namespace) -> int:
                 "dataplane": dataplane,
                 "cycle": cycle,
                 "slowdown": args.slowdown,
+                "base_p50": args.base_p50,
                 "rate": args.rate,
                 "duration": args.duration,
                 "background": args.background if args.setting == "busy" else 0,
@@ -306,9 +308,15 @@ def main() -> int:
         help="Service-time factor of the slow deployment (every quantile)",
     )
     c.add_argument(
+        "--base-p50",
+        type=float,
+        default=BASE_P50,
+        help="Median service time of base and twin, seconds (default 0.004)",
+    )
+    c.add_argument(
         "--power-only",
         action="store_true",
-        help="Only A, C and the slow duet (saved apart, in SETTING-xSLOWDOWN)",
+        help="Only A, C and the slow duet (saved apart, in SETTING-<P50>ms-x<SLOWDOWN>)",
     )
     sub.add_parser("analyze", help="Judge every method on the saved runs")
     args = parser.parse_args()
