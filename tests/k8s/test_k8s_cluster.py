@@ -16,11 +16,11 @@ from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
 from pytest_dataplane.providers.k8s import resources
 from pytest_dataplane.providers.k8s.api import ExecResult
 from pytest_dataplane.providers.k8s.cluster import (
-    DataplanePods,
     KubeCluster,
     format_events,
     load_manifests,
 )
+from pytest_dataplane.providers.k8s.dataplane import DataplanePods
 from pytest_dataplane.providers.k8s.metrics import PROGRAMMING_METRIC
 from pytest_dataplane.providers.k8s.nodes import DUMP_SCRIPT
 from pytest_dataplane.providers.k8s.testing import MemoryApi

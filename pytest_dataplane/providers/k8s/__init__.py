@@ -11,7 +11,8 @@ with their own EndpointSlices; an EndpointSlice watch makes events and times pro
 
 Modules: :mod:`.api` (the API client), :mod:`.resources` (the objects sent; pure),
 :mod:`.cluster` (the protocols), :mod:`.watch`, :mod:`.nodes` (node access and rule
-counting), :mod:`.metrics` (kube-proxy's histogram and CPU counters; pure), :mod:`.probe`,
+counting), :mod:`.dataplane` (the dataplane agent's pods and CPU sampling), :mod:`.metrics`
+(kube-proxy's histogram and CPU counters; pure), :mod:`.probe`,
 :mod:`.traffic`, :mod:`.cilium`, :mod:`.versions`, :mod:`.testing` (an in-memory API for
 tests). This package imports no provider: lab, kind and kubeconfig import it.
 """

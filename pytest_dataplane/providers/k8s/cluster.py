@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +37,12 @@ from ..rules import summarize
 from . import resources
 from .api import KubeApi
 from .cilium import parse_lb_list
+from .dataplane import CpuSampler, DataplanePods
 from .metrics import (
     attribute_cpu,
-    cgroup_find_script,
-    cgroup_read_script,
-    container_id,
-    cpu_unavailable_reason,
     diff_histogram,
     histogram_samples,
     metrics_script,
-    parse_cgroup_find,
-    parse_cgroup_read,
     parse_histogram,
 )
 from .nodes import NodeAccess, count_rules
@@ -56,7 +50,7 @@ from .probe import Probe, Prober
 from .traffic import TrafficPath
 from .watch import EndpointTracker, SliceWatcher
 
-__all__ = ["DataplanePods", "KubeCluster", "KubeService", "format_events", "load_manifests"]
+__all__ = ["KubeCluster", "KubeService", "format_events", "load_manifests"]
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +62,6 @@ def _skip(reason: str) -> None:
     import pytest
 
     pytest.skip(reason)
-
-
-@dataclass(frozen=True)
-class DataplanePods:
-    """Where the dataplane's agent runs: kube-proxy, or cilium-agent for ebpf."""
-
-    label_selector: str
-    container: str
-    cli: str | None = None  # the Cilium debug CLI inside the container, for ebpf
-
-    @classmethod
-    def for_dataplane(cls, dataplane: str, cilium_cli: str | None = None) -> DataplanePods:
-        """kube-proxy for the kube-proxy modes, the Cilium agent for ebpf."""
-        if dataplane == "ebpf":
-            return cls("k8s-app=cilium", "cilium-agent", cilium_cli or "cilium-dbg")
-        return cls("k8s-app=kube-proxy", "kube-proxy")
 
 
 def load_manifests(
@@ -169,108 +147,6 @@ class KubeService:
         )
 
 
-@dataclass
-class _CpuSampler:
-    """Samples the dataplane containers' cumulative CPU on every node, once per interval."""
-
-    cluster: KubeCluster
-    interval: float = 1.0
-    samples: list[tuple[float, float]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _paths: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> id -> cgroup
-    _last: dict[str, float] = field(default_factory=dict)
-    unavailable: str | None = None
-    _total: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dataplane-cpu", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.interval + 30.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except Exception as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.warning("CPU sampling failed: %s", exc)
-            self._stop.wait(self.interval)
-
-    def _resolve(self) -> dict[str, list[str]]:
-        wanted: dict[str, list[str]] = {}
-        for pod in self.cluster.dataplane_pod_objects():
-            node = pod.get("spec", {}).get("nodeName")
-            for status in pod.get("status", {}).get("containerStatuses") or []:
-                if status.get("name") == self.cluster.dataplane_pods.container and status.get(
-                    "containerID"
-                ):
-                    wanted.setdefault(node, []).append(container_id(status["containerID"]))
-        return wanted
-
-    def sample(self) -> float:
-        """Take one sample now; returns the cumulative CPU seconds.
-
-        :attr:`unavailable` then says why the dataplane's CPU cannot be read in full (no
-        dataplane container, or one whose cgroup holds no CPU counter), or is None.
-        """
-        nodes = self.cluster.node_access
-        if nodes is None:
-            raise DataplaneError("no node access")
-        wanted = self._resolve()
-        taken = now()
-        increment = 0.0
-        problems: list[str] = []
-        if not wanted:
-            pods = self.cluster.dataplane_pods
-            problems.append(
-                f"no running {pods.container} container found (pods {pods.label_selector} "
-                "in kube-system)"
-            )
-        for node, ids in wanted.items():
-            known = self._paths.setdefault(node, {})
-            missing = [cid for cid in ids if cid not in known]
-            if missing:
-                known.update(parse_cgroup_find(nodes.run(node, cgroup_find_script(missing))))
-            problems += [cpu_unavailable_reason(node, cid) for cid in ids if cid not in known]
-            paths = [known[cid] for cid in ids if cid in known]
-            if not paths:
-                continue
-            for path, value in parse_cgroup_read(
-                nodes.run(node, cgroup_read_script(paths))
-            ).items():
-                key = f"{node}:{path}"
-                if value is None:
-                    continue
-                previous = self._last.get(key)
-                if previous is not None:
-                    # a restarted container starts its counter from zero
-                    increment += value - previous if value >= previous else value
-                self._last[key] = value
-        with self._lock:
-            self.unavailable = "; ".join(problems) or None
-            self._total += increment
-            self.samples.append((taken, self._total))
-            return self._total
-
-    def window(self, start: float) -> list[tuple[float, float]]:
-        with self._lock:
-            before = [s for s in self.samples if s[0] < start]
-            inside = [s for s in self.samples if s[0] >= start]
-            return before[-1:] + inside
-
-    def trim(self, start: float) -> None:
-        with self._lock:
-            before = [s for s in self.samples if s[0] < start]
-            self.samples = before[-1:] + [s for s in self.samples if s[0] >= start]
-
-
 class KubeCluster:
     """A :class:`~pytest_dataplane.providers.base.Cluster` on a Kubernetes cluster.
 
@@ -330,7 +206,7 @@ class KubeCluster:
         self.latency_source = "connection"
         self.prober: Prober | None = None
         self.watcher: SliceWatcher | None = None
-        self.cpu: _CpuSampler | None = None
+        self.cpu: CpuSampler | None = None
         if start_threads:
             self.start(cpu_interval=cpu_interval)
 
@@ -348,7 +224,12 @@ class KubeCluster:
         if self._histogram_base is None:
             self.prober = Prober(fetch=self.traffic.hostname)
         if self.node_access is not None:
-            self.cpu = _CpuSampler(self, interval=cpu_interval)
+            self.cpu = CpuSampler(
+                self.node_access,
+                self.dataplane_pods,
+                self.dataplane_pod_objects,
+                interval=cpu_interval,
+            )
             self.cpu.start()
 
     def __repr__(self) -> str:

@@ -14,7 +14,8 @@ from ...errors import DataplaneError, DataplaneUnavailable
 from ..k8s import resources
 from ..k8s.api import KubeApi
 from ..k8s.cilium import cilium_cli
-from ..k8s.cluster import DataplanePods, KubeCluster
+from ..k8s.cluster import KubeCluster
+from ..k8s.dataplane import DataplanePods
 from ..k8s.traffic import NodePortPath
 from ..k8s.versions import Version
 from .cluster import KindClusterSetup
