@@ -17,6 +17,12 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="Show which dataplanes the lab can run here, and how to fix what is missing"
     )
     doctor.add_argument("--json", action="store_true", help="Print the findings as JSON")
+    doctor.add_argument(
+        "--kube-bin",
+        default=None,
+        metavar="DIR",
+        help="Report this directory of official Kubernetes binaries instead of the build of kube/",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -106,6 +112,30 @@ def _parser() -> argparse.ArgumentParser:
         "name", nargs="?", default=None, help="The lab to remove (needed when several run)"
     )
     lab_commands.add_parser("list", help="List the running labs")
+
+    kube = commands.add_parser(
+        "kube", help="Build or inspect the Kubernetes binaries the lab runs (the kube/ module)"
+    )
+    kube_commands = kube.add_subparsers(dest="kube_command", required=True, metavar="ACTION")
+    kube_commands.add_parser(
+        "build",
+        help="Build kube/ into the per-user cache with the go command (reuses an existing build)",
+    )
+    kube_status = kube_commands.add_parser(
+        "status", help="Show the binaries found, their versions and the cached builds"
+    )
+    kube_status.add_argument(
+        "--kube-bin",
+        default=None,
+        metavar="DIR",
+        help="Look in this directory of official binaries instead of the build",
+    )
+    kube_status.add_argument("--json", action="store_true", help="Print the status as JSON")
+    kube_commands.add_parser(
+        "where",
+        help="Print the directory holding the built components (e.g. for PATH); exit status 1 "
+        "if not built",
+    )
     return parser
 
 
@@ -115,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from .providers.lab import doctor
 
-        return doctor.main(json_output=args.json)
+        return doctor.main(json_output=args.json, kube_bin=args.kube_bin)
     if args.command == "cleanup" and args.kubeconfig is not None:
         from .providers.kubeconfig import cleanup as kube_cleanup
 
@@ -139,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             alpha=args.alpha,
             force=args.force,
             json_output=args.json,
+        )
+    if args.command == "kube":
+        from .providers.lab import kubebin
+
+        return kubebin.main(
+            args.kube_command,
+            kube_bin=getattr(args, "kube_bin", None),
+            json_output=getattr(args, "json", False),
         )
     if args.command == "lab":
         return _lab(args)

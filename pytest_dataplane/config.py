@@ -9,6 +9,7 @@ the rejected value and the forms that are accepted.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "parse_duration",
     "parse_fraction",
     "parse_int_or_percent",
+    "parse_kube_bin",
     "parse_provider",
     "parse_rate",
     "resolve_int_or_percent",
@@ -210,6 +212,22 @@ def parse_provider(value: str, *, name: str = "--dataplane-provider") -> str:
     if provider not in PROVIDERS:
         raise ValueError(f"{name}: unknown provider {value!r}; accepted: {', '.join(PROVIDERS)}")
     return provider
+
+
+def parse_kube_bin(value: str, *, name: str = "--dataplane-kube-bin") -> str:
+    """Validate a directory of Kubernetes binaries; returns its absolute path (``~`` expanded).
+
+    Only that it is a directory is checked here; which components it lacks is reported when
+    the lab looks for them (``providers.lab.kubebin.locate``).
+    """
+    path = os.path.abspath(os.path.expanduser(value.strip()))
+    if not value.strip() or not os.path.isdir(path):
+        raise ValueError(
+            f"{name}: {value!r} is not a directory; accepted: a directory holding official "
+            "release binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, "
+            "kube-proxy, optionally kubectl)"
+        )
+    return path
 
 
 Distribution = Literal["constant", "lognormal", "exponential"]

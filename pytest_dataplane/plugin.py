@@ -17,6 +17,7 @@ from .config import (
     PROVIDERS,
     parse_dataplanes,
     parse_duration,
+    parse_kube_bin,
     parse_provider,
 )
 
@@ -100,6 +101,16 @@ _OPTIONS: tuple[_Option, ...] = (
         "1s",
         lambda value: parse_duration(value, name="--dataplane-min-sync-period"),
         metavar="DURATION",
+    ),
+    _Option(
+        "--dataplane-kube-bin",
+        "dataplane_kube_bin",
+        "dataplane_kube_bin",
+        "Directory of official Kubernetes binaries (etcd, kube-apiserver, "
+        "kube-controller-manager, kube-scheduler, kube-proxy) for the lab to run instead of "
+        "the build of kube/ (default: that build, see python -m pytest_dataplane kube build)",
+        parse=parse_kube_bin,
+        metavar="DIR",
     ),
     # -- load options (anchor: load generator) --
     _Option(

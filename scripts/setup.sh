@@ -23,4 +23,22 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# The Kubernetes components of the lab (etcd, kube-apiserver, ..., kubectl) are built from the
+# kube/ Go module into ~/.cache/pytest-dataplane/kube; a build already there is reused at once.
+# Go comes from https://go.dev/dl/ (Debian 12's golang is too old), so it is not apt-get'ed.
+if [[ ${DATAPLANE_SKIP_KUBE_BUILD:-0} == 1 ]]; then
+    echo "scripts/setup.sh: DATAPLANE_SKIP_KUBE_BUILD=1: not building kube/ (lab Kubernetes tests will skip)" >&2
+else
+    if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+        export PATH="/usr/local/go/bin:$PATH"
+    fi
+    if ! command -v go >/dev/null; then
+        echo "scripts/setup.sh: building kube/ needs Go >= 1.26 and there is no 'go' on PATH or in /usr/local/go/bin." >&2
+        echo "  Install it from https://go.dev/dl/ (untar into /usr/local), or rerun with DATAPLANE_SKIP_KUBE_BUILD=1" >&2
+        echo "  and give the lab official binaries with --dataplane-kube-bin DIR." >&2
+        exit 1
+    fi
+    .venv/bin/python -m pytest_dataplane kube build
+fi
 echo "setup done: $(.venv/bin/python -c 'import pytest_dataplane as p; print("pytest-dataplane", p.__version__)')"

@@ -182,6 +182,75 @@ def _ipvs() -> list[Check]:
     return checks
 
 
+def kube_checks(kube_bin_dir: str | None = None) -> tuple[Check, ...]:
+    """Which Kubernetes binaries the lab would run, their versions, and what is missing.
+
+    Looks only (``kubebin.locate``); each found component is run once with ``--version``.
+    """
+    from . import kubebin
+
+    found: list[Check] = []
+    try:
+        binaries = kubebin.locate(kube_bin_dir)
+    except DataplaneError as exc:
+        found.append(
+            Check(
+                "kube",
+                "Kubernetes binaries",
+                False,
+                str(exc),
+                "--dataplane-kube-bin DIR with official binaries"
+                if kube_bin_dir
+                else kubebin.BUILD_COMMAND,
+            )
+        )
+        if kube_bin_dir is None:
+            found.append(_go_check())
+        return tuple(found)
+    kind, _, where = binaries.source.partition(":")
+    found.append(
+        Check(
+            "kube",
+            "Kubernetes binaries",
+            True,
+            f"{'cached build' if kind == 'built' else 'directory'} {where}",
+        )
+    )
+    for component in kubebin.COMPONENTS:
+        if component == "kubectl" and binaries.kubectl_dir is None:
+            found.append(
+                Check(
+                    "kube",
+                    "kubectl",
+                    False,
+                    f"no kubectl in {where} (the lab runs without it)",
+                    f"add a kubectl there, or use the build ({kubebin.BUILD_COMMAND})",
+                )
+            )
+            continue
+        version = binaries.version(component)
+        found.append(
+            Check(
+                "kube",
+                component,
+                version is not None,
+                version or f"{binaries.argv(component)[0]} gave no version",
+                "" if version else f"rebuild ({kubebin.BUILD_COMMAND}) or replace the binary",
+            )
+        )
+    return tuple(found)
+
+
+def _go_check() -> Check:
+    from .kubebin import find_go
+
+    try:
+        go = find_go()
+    except DataplaneError as exc:
+        return Check("kube", "Go toolchain to build kube/", False, str(exc), "https://go.dev/dl/")
+    return Check("kube", "Go toolchain to build kube/", True, go)
+
+
 @cache
 def checks(dataplane: str, iptables_backend: str = "auto") -> tuple[Check, ...]:
     """Every check that decides whether ``dataplane`` can run here (cached per process)."""
@@ -218,17 +287,33 @@ def unavailable_reason(dataplane: str, iptables_backend: str = "auto") -> str | 
     return None
 
 
-def main(*, json_output: bool = False) -> int:
-    """``python -m pytest_dataplane doctor``: print findings; exit 0 if any dataplane runs."""
+def main(*, json_output: bool = False, kube_bin: str | None = None) -> int:
+    """``python -m pytest_dataplane doctor``: print findings; exit 0 if any dataplane runs.
+
+    The Kubernetes binaries are reported too (under ``kube``) but do not decide the exit
+    status: the lab's own dataplanes run without them.
+    """
     results = {dp: checks(dp) for dp in DATAPLANES}
+    kube = kube_checks(kube_bin)
     if json_output:
         print(
-            json.dumps({dp: [asdict(c) for c in found] for dp, found in results.items()}, indent=2)
+            json.dumps(
+                {
+                    name: [asdict(c) for c in found]
+                    for name, found in {**results, "kube": kube}.items()
+                },
+                indent=2,
+            )
         )
     else:
-        for dataplane, found in results.items():
+        for dataplane, found in {**results, "kube": kube}.items():
             ok = all(c.ok for c in found)
-            print(f"{dataplane:9} {'available' if ok else 'UNAVAILABLE'}")
+            label = (
+                ("found" if kube[0].ok else "NOT FOUND")
+                if dataplane == "kube"
+                else ("available" if ok else "UNAVAILABLE")
+            )
+            print(f"{dataplane:9} {label}")
             for check in found:
                 mark = "ok " if check.ok else "NO "
                 print(f"    {mark} {check.what}: {check.detail}")
