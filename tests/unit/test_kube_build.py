@@ -417,3 +417,21 @@ def test_doctor_json_has_a_kube_section(
     report = json.loads(capsys.readouterr().out)
     assert report["kube"][0]["what"] == "Kubernetes binaries"
     assert report["kube"][0]["ok"] is False
+
+
+def test_doctor_text_says_what_is_missing_and_the_fix(
+    isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor, "checks", lambda dataplane: (doctor.Check(dataplane, "x", True),))
+    doctor.main()
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("kube      NOT FOUND")
+    assert out[start + 1].startswith("    NO  Kubernetes binaries: Kubernetes binaries not built")
+    assert out[start + 2] == "        fix: python -m pytest_dataplane kube build"
+
+
+def test_setup_builds_kube_and_ci_runs_setup() -> None:
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert ".venv/bin/python -m pytest_dataplane kube build" in setup
+    assert setup.index("pip install -q -e") < setup.index("pytest_dataplane kube build")
+    assert "bash scripts/setup.sh" in (ROOT / ".ci" / "run").read_text()
