@@ -106,7 +106,10 @@ def test_apiserver_flags() -> None:
     assert f["--service-account-signing-key-file"] == str(files.sa_key)
     assert f["--service-account-issuer"].startswith("https://")
     assert f["--authorization-mode"] == "Node,RBAC"
-    assert "ServiceAccount" in f["--disable-admission-plugins"]
+    assert set(f["--disable-admission-plugins"].split(",")) == {
+        "ServiceAccount",
+        "TaintNodesByCondition",
+    }
     assert f["--secure-port"] == "6443"
 
 

@@ -40,12 +40,11 @@ from .._session import Session
 from . import pki, plan, probe
 from .forward import Forwarder
 from .plan import Files, KubePlan
-from .process import Process, stop_all
+from .process import Process, kill_all, stop_all
 from .topology import POD_BRIDGE, KubeTopology
 
 ETCD_TMPFS_SIZE = "1g"
 AGENT_STOP_TIMEOUT = 30.0  # the agent stops its pods (their grace periods) before exiting
-STOP_TIMEOUT = 10.0
 
 
 def _sbin_path() -> str:
@@ -532,17 +531,20 @@ class KubeLab:
         agents = [p for p in processes if p.name.startswith("agent-")]
         proxies = [p for p in processes if p.name.startswith("kube-proxy-")]
         cp = [p for p in processes if p.name in ("kube-controller-manager", "kube-scheduler")]
-        # Agents first (they remove their pods), the API server's clients next, then the
-        # API server, etcd last.
-        for group, timeout in (
-            (agents, AGENT_STOP_TIMEOUT),
-            (proxies + cp, STOP_TIMEOUT),
-            ([p for p in processes if p.name == "kube-apiserver"], STOP_TIMEOUT),
-            ([p for p in processes if p.name == "etcd"], STOP_TIMEOUT),
+        # Agents first, with SIGTERM: they delete their pods through the API and remove the
+        # pods' namespaces. Everything else holds nothing worth a graceful exit (etcd's data
+        # is on a tmpfs about to go, kube-proxy's rules live in a namespace about to go), and
+        # the controller-manager's graceful shutdown can take longer than the whole boot:
+        # SIGKILL, clients of the API server before the API server, etcd last.
+        killed = stop_all(agents, timeout=AGENT_STOP_TIMEOUT)
+        if killed:
+            errors.append(f"had to SIGKILL {', '.join(killed)} (did not stop in time)")
+        for group in (
+            proxies + cp,
+            [p for p in processes if p.name == "kube-apiserver"],
+            [p for p in processes if p.name == "etcd"],
         ):
-            killed = stop_all(group, timeout=timeout)
-            if killed:
-                errors.append(f"had to SIGKILL {', '.join(killed)}")
+            kill_all(group)
         if self.forwarder is not None:
             self.forwarder.close()
         if self.cgroup is not None:

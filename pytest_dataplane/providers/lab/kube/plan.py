@@ -272,8 +272,18 @@ def apiserver_args(plan: KubePlan, files: Files) -> list[str]:
         "--authorization-mode=Node,RBAC",
         # Without the ServiceAccount admission plugin a pod needs no ServiceAccount object or
         # token: `kubectl create deployment` works from the first second, and the lab's pods
-        # (processes, not containers) mount nothing anyway.
-        "--disable-admission-plugins=ServiceAccount",
+        # (processes, not containers) mount nothing anyway. TaintNodesByCondition would give
+        # every new Node a not-ready NoSchedule taint that only the node lifecycle controller
+        # lifts; the lab runs no such controller (its agents report Ready themselves).
+        "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+        # The CA the controller-manager and scheduler look up in the
+        # extension-apiserver-authentication ConfigMap (they log errors without it); no
+        # front proxy is configured, so no client is trusted through it.
+        f"--requestheader-client-ca-file={files.ca_cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         f"--cert-dir={files.component_dir('kube-apiserver')}",

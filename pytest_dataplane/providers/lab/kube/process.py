@@ -157,3 +157,12 @@ def stop_all(processes: Sequence[Process], *, timeout: float) -> list[str]:
             process.popen.kill()
             process.popen.wait()
     return killed
+
+
+def kill_all(processes: Sequence[Process]) -> None:
+    """SIGKILL every process and reap it."""
+    for process in processes:
+        process.signal(signal.SIGKILL)
+    for process in processes:
+        if process.popen is not None:
+            process.popen.wait()
