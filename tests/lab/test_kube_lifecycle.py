@@ -161,3 +161,53 @@ def test_ipvs_is_refused_where_the_kernel_lacks_it() -> None:
 
     with pytest.raises(DataplaneUnavailable, match="IP_VS"):
         KubeLab(dataplane="ipvs").start()
+
+
+SIGNALLED = """
+import sys, time
+from pytest_dataplane.providers.lab.kube.lab import KubeLab
+
+def progress(message):
+    print(message, flush=True)
+
+with KubeLab(dataplane="iptables", progress=progress) as lab:
+    print("READY", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "moment"),
+    [
+        (signal.SIGTERM, "starting etcd and kube-apiserver"),
+        (signal.SIGINT, "starting controller-manager"),
+        (signal.SIGTERM, "READY"),
+    ],
+)
+def test_a_signal_removes_the_cluster(sig: signal.Signals, moment: str) -> None:
+    """Ctrl-C or SIGTERM while booting or while running: the owner removes everything."""
+    binaries_or_skip()
+    before = root_state()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert owner.stdout is not None
+    first = owner.stdout.readline()  # "lab dplXXXXXX: iptables, ..."
+    prefix = first.split()[1].rstrip(":").split("-")[0]
+    assert prefix.startswith("dpl"), first
+    seen = [first]
+    for line in owner.stdout:
+        seen.append(line)
+        if line.startswith(moment):
+            break
+    else:
+        pytest.fail(f"the owner ended before {moment!r}:\n{''.join(seen)}")
+    owner.send_signal(sig)
+    rest, _ = owner.communicate(timeout=120)
+    assert owner.returncode != 0
+    assert "KeyboardInterrupt" in rest
+    assert session_objects(prefix) == set()
+    assert state_diff(before, root_state()) == {}
