@@ -28,6 +28,7 @@ from pytest_dataplane.providers.lab.kube.agent import (
     Terminated,
     image_version,
     lease_body,
+    lift_not_ready_taint,
     node_body,
     plan_container,
     pod_grace,
@@ -545,6 +546,23 @@ def test_node_body_registers_address_capacity_cidr_and_readiness() -> None:
     json.dumps(node)  # plain JSON, as sent
 
 
+def test_the_not_ready_taint_is_lifted_and_nothing_else() -> None:
+    not_ready = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
+    other = {"key": "example.com/dedicated", "value": "lab", "effect": "NoSchedule"}
+    node = {"metadata": {"resourceVersion": "42"}, "spec": {"taints": [not_ready, other]}}
+    assert lift_not_ready_taint(node) == {
+        "metadata": {"resourceVersion": "42"},
+        "spec": {"taints": [other]},
+    }
+    only = {"metadata": {"resourceVersion": "7"}, "spec": {"taints": [not_ready]}}
+    assert lift_not_ready_taint(only) == {
+        "metadata": {"resourceVersion": "7"},
+        "spec": {"taints": None},  # a merge patch removes the field
+    }
+    assert lift_not_ready_taint({"metadata": {}, "spec": {"taints": [other]}}) is None
+    assert lift_not_ready_taint({"metadata": {}, "spec": {}}) is None
+
+
 def test_lease_body_is_owned_by_the_node_and_renewed_with_micro_time() -> None:
     lease = lease_body("node-0", "uid-1", wall=T0 + 0.25)
     assert lease["metadata"] == {
@@ -664,12 +682,13 @@ class RecordingApi:
     """Takes the agent's writes (status patches, deletions) and records them, with whether
     the pod's namespace existed at that moment."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.calls: list[dict[str, Any]] = []
         self.changed = threading.Condition()
 
     def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        netns = [n for n in os.listdir("/run/netns") if "-pod-node-0-" in n]
+        netns = [n for n in os.listdir("/run/netns") if n.startswith(f"{self.prefix}-pod-")]
         with self.changed:
             self.calls.append({"method": method, "path": path, "netns": netns, **kwargs})
             self.changed.notify_all()
@@ -713,7 +732,7 @@ def bare_node(
     from pytest_dataplane.providers.lab.kube import agent as agent_module
 
     session = Session.new()
-    api = RecordingApi()
+    api = RecordingApi(session.prefix)
     monkeypatch.setattr(agent_module, "_Api", lambda *args: api)
     monkeypatch.setattr(agent_module, "SPARES", getattr(request, "param", agent_module.SPARES))
     agent = None
@@ -798,8 +817,10 @@ def test_agent_runs_a_pod_and_finalises_its_deletion_in_order(
     assert _status_of(final)["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     assert final["netns"] == [netns]
     assert delete["netns"] == []
-    assert delete["query"] == {"gracePeriodSeconds": "0"}
-    assert delete["body"] == {"preconditions": {"uid": pod["metadata"]["uid"]}}
+    assert delete["body"] == {
+        "gracePeriodSeconds": 0,
+        "preconditions": {"uid": pod["metadata"]["uid"]},
+    }
 
 
 def test_agent_restarts_a_crashed_backend_and_reports_an_unknown_image(
@@ -890,12 +911,21 @@ class Recorder(Waitable):
         watch_class: Any = watch.Watch
         stream = watch_class()
         while not self._stop.is_set():
-            for event in stream.stream(self._list, *self._args, timeout_seconds=60, **self._kwargs):
-                with self._changed:
-                    self.events.append((time.monotonic(), event["type"], event["raw_object"]))
-                    self._changed.notify_all()
+            kwargs = dict(self._kwargs)
+            if stream.resource_version:  # resume where the last watch ended
+                kwargs["resource_version"] = stream.resource_version
+            try:
+                for event in stream.stream(self._list, *self._args, timeout_seconds=60, **kwargs):
+                    with self._changed:
+                        self.events.append((time.monotonic(), event["type"], event["raw_object"]))
+                        self._changed.notify_all()
+                    if self._stop.is_set():
+                        return
+            except Exception as exc:  # a broken watch (or the cluster going away)
                 if self._stop.is_set():
                     return
+                if getattr(exc, "status", None) == 410:
+                    stream.resource_version = None
 
     def wait(
         self, found: Callable[[list[tuple[float, str, dict[str, Any]]]], Any], what: str
@@ -986,6 +1016,8 @@ class Prober(Waitable):
         self._process.kill()
         self._process.wait()
         self._thread.join()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
 
 def kubectl(lab: Any, *args: str, stdin: str | None = None) -> str:
@@ -1233,7 +1265,7 @@ def test_the_node_is_ready_and_its_lease_renewed(lab: Any) -> None:
         field_selector="metadata.name=node-0",
     )
     try:
-        first = leases.wait(lambda ev: ev[0][2], "the lease listed")
+        first = leases.wait(lambda ev: ev[0][2] if ev else None, "the lease listed")
         renewed = leases.wait(
             lambda ev: next(
                 (p for _, k, p in ev if p["spec"]["renewTime"] != first["spec"]["renewTime"]),
@@ -1273,7 +1305,7 @@ def test_the_agent_stops_every_pod_on_sigterm(lab: Any, namespace: str) -> None:
     prefix = lab.agent_netns_prefix("node-0")
     assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
     agent = lab.processes["agent-node-0"]
-    for netns in [n for n in os.listdir("/run/netns") if n.startswith(prefix)]:
+    for netns in [n for n in os.listdir("/run/netns") if n.startswith(f"{prefix}last-")]:
         pids = subprocess.run(
             ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
         )

@@ -63,6 +63,7 @@ __all__ = [
     "StopSchedule",
     "image_version",
     "lease_body",
+    "lift_not_ready_taint",
     "main",
     "node_body",
     "node_status",
@@ -717,6 +718,28 @@ def node_body(config: NodeConfig, *, pods: int, wall: float, version: str) -> di
         },
         "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr]},
         "status": node_status(config, pods=pods, wall=wall, ready_since=wall, version=version),
+    }
+
+
+NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
+
+
+def lift_not_ready_taint(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that lifts the not-ready taint from a Node, or None if it has none.
+
+    The API server's TaintNodesByCondition admission puts ``node.kubernetes.io/not-ready``
+    on every new Node; in a cluster the node lifecycle controller lifts it once the node
+    reports Ready. The lab runs no such controller, so the agent lifts it itself when it
+    reports Ready (harmless where the controller runs: both want the same). The patch carries
+    the resourceVersion read, so it fails rather than drop a taint someone added meanwhile.
+    """
+    taints = list((node.get("spec") or {}).get("taints") or [])
+    kept = [t for t in taints if t.get("key") != NOT_READY_TAINT]
+    if len(kept) == len(taints):
+        return None
+    return {
+        "metadata": {"resourceVersion": (node.get("metadata") or {}).get("resourceVersion")},
+        "spec": {"taints": kept or None},
     }
 
 
@@ -1488,8 +1511,8 @@ class _PodWorker:
             self.agent.status_api.request(
                 "DELETE",
                 _pod_path(self.namespace, self.name),
-                query={"gracePeriodSeconds": "0"},
-                body={"preconditions": {"uid": self.uid}},
+                # Options in the body, which the API server reads instead of the query.
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
             )
         except ApiError as exc:
             if _status(exc) not in (404, 409):
@@ -1620,23 +1643,32 @@ class Agent:
         self.version = str(api.request("GET", "/version").get("gitVersion") or "")
         pods = self.config.max_pods or self.addresses.capacity
         body = node_body(self.config, pods=pods, wall=time.time(), version=self.version)
+        path = f"/api/v1/nodes/{quote(self.config.name)}"
         try:
-            created = api.request("POST", "/api/v1/nodes", body=body)
-            self.node_uid = str(created["metadata"]["uid"])
+            node = api.request("POST", "/api/v1/nodes", body=body)
             log.info("registered node %s", self.config.name)
-            return
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        existing = api.request("GET", f"/api/v1/nodes/{quote(self.config.name)}")
-        cidr = (existing.get("spec") or {}).get("podCIDR")
-        if cidr and cidr != self.config.pod_cidr:
-            raise DataplaneError(
-                f"node {self.config.name} exists with podCIDR {cidr}, not {self.config.pod_cidr}"
-            )
-        self.node_uid = str(existing["metadata"]["uid"])
-        self._patch_node_status()
-        log.info("took over existing node %s", self.config.name)
+            node = api.request("GET", path)
+            cidr = (node.get("spec") or {}).get("podCIDR")
+            if cidr and cidr != self.config.pod_cidr:
+                raise DataplaneError(
+                    f"node {self.config.name} exists with podCIDR {cidr}, not "
+                    f"{self.config.pod_cidr}"
+                ) from None
+            self._patch_node_status()
+            log.info("took over existing node %s", self.config.name)
+        self.node_uid = str(node["metadata"]["uid"])
+        while (patch := lift_not_ready_taint(node)) is not None:
+            try:
+                api.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+                log.info("lifted the %s taint (the node is Ready)", NOT_READY_TAINT)
+                break
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                node = api.request("GET", path)  # changed meanwhile: look again
 
     def _patch_node_status(self) -> None:
         api = self.node_api
