@@ -435,3 +435,88 @@ def test_setup_builds_kube_and_ci_runs_setup() -> None:
     assert ".venv/bin/python -m pytest_dataplane kube build" in setup
     assert setup.index("pip install -q -e") < setup.index("pytest_dataplane kube build")
     assert "bash scripts/setup.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+# -- build(), with a stand-in for the go command --
+
+FAKE_GO = """#!/bin/sh
+case "$1" in
+env) echo go1.26.8 ;;
+list)
+    if [ "$2" = "-m" ]; then
+        echo '{"Path": "k8s.io/kubernetes", "Version": "v1.37.2", "Time": "2026-10-27T12:01:04Z"}'
+    else
+        printf 'k8s.io/a\\nk8s.io/b\\nmain\\n'
+    fi ;;
+build)
+    if [ -n "$FAKE_GO_FAIL" ]; then echo "# main" >&2; echo "./main.go:3:1: boom" >&2; exit 1; fi
+    echo "$@" > "$FAKE_GO_ARGS"
+    echo "go: downloading k8s.io/a v0.37.2" >&2
+    echo k8s.io/a >&2
+    echo main >&2
+    out=""; prev=""
+    for arg in "$@"; do [ "$prev" = "-o" ] && out="$arg"; prev="$arg"; done
+    printf '#!/bin/sh\\necho Kubernetes v1.37.2\\n' > "$out"
+    chmod +x "$out" ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_go(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A `go` that answers what build() asks and writes a stand-in binary; returns its args file."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    (bin_dir / "go").write_text(FAKE_GO)
+    (bin_dir / "go").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GO_ARGS", str(tmp_path / "go-build-args"))
+    return tmp_path / "go-build-args"
+
+
+def test_build_puts_binary_and_links_in_place_then_reuses_them(
+    isolated: Path, fake_go: Path
+) -> None:
+    said: list[str] = []
+    binaries = kubebin.build(progress=said.append)
+    directory = kubebin.cache_root() / kubebin.cache_key(isolated)
+    assert binaries.source == f"built:{directory}"
+    for component in kubebin.COMPONENTS:
+        assert os.readlink(directory / component) == "kube"
+    assert binaries.version("kube-scheduler") == "v1.37.2"
+    args = fake_go.read_text().split()
+    assert "-trimpath" in args
+    assert "-tags=selinux,notest,grpcnotrace" in args
+    assert "k8s.io/component-base/version.gitVersion=v1.37.2" in args
+    assert "k8s.io/client-go/pkg/version.buildDate=2026-10-27T12:01:04Z" in args
+    assert any("modules ready" in line and "(3 packages)" in line for line in said)
+    assert any(line.startswith("kube: compiled 2 packages and linked") for line in said)
+    info = json.loads((directory / "build.json").read_text())
+    assert (info["kubernetes"], info["go"]) == ("v1.37.2", "go1.26.8")
+    assert [p.name for p in kubebin.cache_root().iterdir() if p.name != ".lock"] == [directory.name]
+
+    said.clear()
+    fake_go.unlink()
+    assert kubebin.build(progress=said.append).directory == directory
+    assert said == [f"kube: reusing {directory}"]
+    assert not fake_go.exists()  # go was not run again
+
+
+def test_failed_build_leaves_nothing_that_looks_built(
+    isolated: Path, fake_go: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_GO_FAIL", "1")
+    with pytest.raises(DataplaneError, match=r"(?s)`go build .*failed:.*main\.go:3:1: boom"):
+        kubebin.build(progress=lambda line: None)
+    assert [p.name for p in kubebin.cache_root().iterdir()] == [".lock"]
+    with pytest.raises(DataplaneError, match="nothing is built"):
+        kubebin.locate()
+
+
+def test_build_replaces_a_damaged_build(isolated: Path, fake_go: Path) -> None:
+    directory = kubebin.cache_root() / kubebin.cache_key(isolated)
+    _fake_build(directory)
+    (directory / "kubectl").unlink()
+    binaries = kubebin.build(progress=lambda line: None)
+    assert (binaries.directory / "kubectl").is_symlink()
+    assert fake_go.exists()

@@ -214,7 +214,7 @@ def ldflags(version: str, minor: str, build_date: str) -> str:
     return " ".join([_LD_FLAGS, *stamps])
 
 
-def _complete(directory: Path) -> list[str]:
+def _missing(directory: Path) -> list[str]:
     """Components missing from a build directory (empty when it is usable)."""
     missing = [] if os.access(directory / BINARY, os.X_OK) else [BINARY]
     missing += [c for c in COMPONENTS if not os.access(directory / c, os.X_OK)]
@@ -256,7 +256,7 @@ def locate(kube_bin_dir: str | os.PathLike[str] | None = None) -> KubeBinaries:
             f"({', '.join(_DIR_REQUIRED)})"
         )
     directory = cache_root() / cache_key(module)
-    missing = _complete(directory)
+    missing = _missing(directory)
     if missing:
         what = "nothing is built" if not directory.exists() else f"missing {', '.join(missing)}"
         raise DataplaneError(
@@ -319,32 +319,33 @@ def _go(
     *,
     on_line: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Run ``go args`` in ``module``; returns its stderr lines, raises on failure."""
-    env = {**os.environ, "CGO_ENABLED": "0"}
-    process = subprocess.Popen(
+    """Run ``go args`` in ``module``; returns its stdout lines, raises on failure.
+
+    Each stderr line goes to ``on_line`` as it comes (``go build -v`` names each package it
+    compiles there); the last ones are kept for the error.
+    """
+    out: list[str] = []
+    err: list[str] = []
+    with subprocess.Popen(
         [go, *args],
         cwd=module,
-        env=env,
+        env={**os.environ, "CGO_ENABLED": "0"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    out: list[str] = []
-    err: list[str] = []
+    ) as process:
+        stdout, stderr = process.stdout, process.stderr
+        if stdout is None or stderr is None:
+            raise DataplaneError("go: no pipes to read from")  # cannot happen with PIPE
 
-    def drain_stdout() -> None:
-        if process.stdout is not None:
-            out.extend(process.stdout)
-
-    reader = threading.Thread(target=drain_stdout, daemon=True)
-    reader.start()
-    if process.stderr is not None:
-        for line in process.stderr:
+        # stdout is drained on its own thread so neither pipe can fill up and stall go.
+        reader = threading.Thread(target=lambda: out.extend(stdout), daemon=True)
+        reader.start()
+        for line in stderr:
             err.append(line.rstrip("\n"))
             if on_line is not None:
                 on_line(err[-1])
-    process.wait()
-    reader.join()
+        reader.join()
     if process.returncode != 0:
         tail = "\n".join(err[-40:])
         raise DataplaneError(f"`go {' '.join(args)}` in {module} failed:\n{tail}")
@@ -367,12 +368,12 @@ def build(*, progress: Callable[[str], None] = _stderr, module: Path | None = No
     root = cache_root()
     key = cache_key(module)
     final = root / key
-    if not _complete(final):
+    if not _missing(final):
         progress(f"kube: reusing {final}")
         return locate()
     go = find_go()
     with _locked(root):
-        if not _complete(final):  # built by another process while this one waited
+        if not _missing(final):  # built by another process while this one waited
             progress(f"kube: reusing {final}")
             return locate()
         started = time.monotonic()
@@ -408,7 +409,9 @@ def build(*, progress: Callable[[str], None] = _stderr, module: Path | None = No
                         f"{_elapsed(now - phase)}"
                     )
 
-            flags = ldflags(version, minor, info.get("Time", ""))
+            # The release's own date keeps the stamp reproducible; now is the fallback.
+            date = info.get("Time") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            flags = ldflags(version, minor, date)
             _go(
                 go,
                 ["build", "-v", *_GO_FLAGS, f"-ldflags={flags}", "-o", str(tmp / BINARY), "."],
@@ -436,6 +439,8 @@ def build(*, progress: Callable[[str], None] = _stderr, module: Path | None = No
                 + "\n"
             )
             tmp.chmod(0o755)
+            if final.exists():  # damaged by hand (a link deleted): replaced, under the lock
+                shutil.rmtree(final)
             tmp.rename(final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
