@@ -767,6 +767,9 @@ def bare_node(
         if agent is not None:
             agent.shutdown()
         remove_session(session.prefix)
+    # No backend of this agent (pod or spare) outlives it.
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert f"lab.backend --spare --parent {os.getpid()}" not in processes.stdout
 
 
 def _bare_pod(name: str, image: str = "backend:v3", **spec: Any) -> dict[str, Any]:

@@ -1273,6 +1273,8 @@ class _PodWorker:
             except OSError:  # it died meanwhile: start one the slow way
                 process.kill()
                 process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
                 process = None
         if process is None:
             argv = _proc.in_netns(self.netns, plan.argv(self.name, os.getpid()))
@@ -1537,7 +1539,7 @@ class _Spares:
         self.run_dir = run_dir
         self.ready: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
         self.requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.lock = threading.Lock()  # close() and a spawn never interleave
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="spares", daemon=True)
 
@@ -1556,21 +1558,23 @@ class _Spares:
             str(os.getpid()),
         ]
         Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-        while self.requests.get() and not self.closed:
-            try:
-                with open(Path(self.run_dir) / "spares.log", "ab") as log_file:
-                    process = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=log_file,
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                log.warning("cannot start a spare backend: %s", exc)
-                continue
-            self.spawned.append(process)
-            self.ready.put(process)
+        while self.requests.get():
+            with self.lock:
+                if self.closed:
+                    break
+                try:
+                    with open(Path(self.run_dir) / "spares.log", "ab") as log_file:
+                        process = subprocess.Popen(
+                            argv,
+                            stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            stderr=log_file,
+                            start_new_session=True,
+                        )
+                except OSError as exc:
+                    log.warning("cannot start a spare backend: %s", exc)
+                    continue
+                self.ready.put(process)
         # Stay alive until the agent exits: the spares and the pods they became are
         # children of this thread (see the class docstring).
         threading.Event().wait()
@@ -1588,8 +1592,9 @@ class _Spares:
         return None
 
     def close(self) -> None:
-        """Let the unused spares go (an empty line: they exit)."""
-        self.closed = True
+        """Let the unused spares go (their stdin closes: they exit)."""
+        with self.lock:
+            self.closed = True
         self.requests.put(False)
         while True:
             try:
@@ -1604,6 +1609,8 @@ class _Spares:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 # ====================================================================== the agent
