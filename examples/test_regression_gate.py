@@ -45,6 +45,10 @@ def test_a_slower_release_is_caught(dataplane, load):
     # paired, window by window.
     with load.duet(fast, slow, rate=300, duration="8s") as run:
         pass
-    # 4 ms -> 12 ms at the median triples the application's p95: the gate must close.
+    # 4 ms -> 12 ms: every request pays for the new code path, so the median shows it
+    # plainly; the p95 of a busy CI machine is its scheduling stalls as much as the service
+    # (in one of four main-job runs on a loaded 2-core machine, +22 % [-24 %, +76 %] at the p95
+    # while the median had more than doubled). Gate on the median for a slower code path, on
+    # the p95 for tail effects.
     with pytest.raises(DataplaneAssertionError, match="regressed by more than 15"):
-        assert_no_regression(run.result, max_increase="15%")
+        assert_no_regression(run.result, quantile=50, max_increase="15%")
