@@ -194,19 +194,24 @@ def test_a_signal_removes_the_cluster(sig: signal.Signals, moment: str) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert owner.stdout is not None
-    first = owner.stdout.readline()  # "lab dplXXXXXX: iptables, ..."
-    prefix = first.split()[1].rstrip(":").split("-")[0]
-    assert prefix.startswith("dpl"), first
-    seen = [first]
-    for line in owner.stdout:
-        seen.append(line)
-        if line.startswith(moment):
-            break
-    else:
-        pytest.fail(f"the owner ended before {moment!r}:\n{''.join(seen)}")
-    owner.send_signal(sig)
-    rest, _ = owner.communicate(timeout=120)
+    try:
+        assert owner.stdout is not None
+        first = owner.stdout.readline()  # "lab dplXXXXXX: iptables, ..."
+        prefix = first.split()[1].rstrip(":").split("-")[0]
+        assert prefix.startswith("dpl"), first
+        seen = [first]
+        for line in owner.stdout:
+            seen.append(line)
+            if line.startswith(moment):
+                break
+        else:
+            pytest.fail(f"the owner ended before {moment!r}:\n{''.join(seen)}")
+        owner.send_signal(sig)
+        rest, _ = owner.communicate(timeout=120)
+    finally:
+        if owner.poll() is None:  # a failed check: leave no process behind
+            owner.kill()
+            owner.communicate()
     assert owner.returncode != 0
     assert "KeyboardInterrupt" in rest
     assert session_objects(prefix) == set()

@@ -110,6 +110,8 @@ class KubeLab:
         self._mounted: Path | None = None
         self._started = False
         self._stopped = False
+        self._stopping = False
+        self._pending: list[int] = []
         self._old_sigterm: Any = None
 
     def __repr__(self) -> str:
@@ -230,20 +232,51 @@ class KubeLab:
             raise DataplaneError("this KubeLab was started already; make a new one")
         self._started = True
         began = time.monotonic()
-        try:
-            self._boot()
-        except BaseException:
+        with self._signals_deferred():
             try:
-                self.stop()
-            except Exception as exc:  # the boot failure is the news; report both
-                self._progress(f"cleanup after the failed boot incomplete: {exc}")
-            raise
+                self._boot()
+                self._raise_pending()
+            except BaseException:
+                try:
+                    self._stop()
+                except Exception as exc:  # the boot failure is the news; report both
+                    self._progress(f"cleanup after the failed boot incomplete: {exc}")
+                raise
         self.timings["boot"] = time.monotonic() - began
         self._progress(f"cluster ready in {self.timings['boot']:.1f} s")
         return self
 
     @contextlib.contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """Hold SIGINT and SIGTERM while booting or stopping, to act on them at safe points.
+
+        A KeyboardInterrupt raised straight from a signal handler can land anywhere, even in
+        the at-fork handlers subprocess runs while starting a component, where Python reports
+        it as "ignored" and carries on booting. Here the handler only records the signal;
+        :meth:`_raise_pending` raises it where a boot can stop cleanly (between steps, while
+        waiting), and stop() finishes its work whatever arrives meanwhile.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def record(signum: int, frame: FrameType | None) -> None:
+            self._pending.append(signum)
+
+        previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _raise_pending(self) -> None:
+        if self._pending and not self._stopping:
+            raise KeyboardInterrupt(f"signal {self._pending[0]}")
+
+    @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:
+        self._raise_pending()
         began = time.monotonic()
         yield
         self.timings[name] = time.monotonic() - began
@@ -410,6 +443,7 @@ class KubeLab:
         """``process.wait_until(condition)``, failing at once if any component has exited."""
 
         def check() -> bool:
+            self._raise_pending()
             for other in self.processes.values():
                 status = other.exited()
                 if status is not None and other is not process:
@@ -424,6 +458,7 @@ class KubeLab:
 
     def _spawn(self, name: str, args: list[str], netns: str, *, raw: bool = False) -> Process:
         """Start component ``name`` (``args`` are its flags, or its whole argv if ``raw``)."""
+        self._raise_pending()
         _, files = self._require()
         argv = args if raw else [*self.binaries.argv(name), *args]
         process = Process(
@@ -444,6 +479,7 @@ class KubeLab:
         return env
 
     def _spawn_agent(self, index: int) -> Process:
+        self._raise_pending()
         kube_plan, files = self._require()
         name = kube_plan.node_name(index)
         from dataclasses import asdict
@@ -522,10 +558,18 @@ class KubeLab:
     # ------------------------------------------------------------------ teardown
 
     def stop(self) -> None:
-        """Stop every process and remove the namespaces, mounts, cgroups and files."""
+        """Stop every process and remove the namespaces, mounts, cgroups and files.
+
+        Ctrl-C and SIGTERM arriving meanwhile wait until it is done.
+        """
+        with self._signals_deferred():
+            self._stop()
+
+    def _stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
+        self._stopping = True
         errors: list[str] = []
         processes = list(self.processes.values())
         agents = [p for p in processes if p.name.startswith("agent-")]
