@@ -79,6 +79,7 @@ class KubeLab:
         session: Session | None = None,
         tag: str | None = None,
         block: int | None = None,
+        node_prefix: str = "node",
         kube_bin_dir: str | os.PathLike[str] | None = None,
         forward_port: int = 0,
         boot_timeout: float = 90.0,
@@ -92,6 +93,11 @@ class KubeLab:
             tag = "kube"
         self.tag = tag
         self.block = block
+        if not node_prefix or not all(c.isalnum() or c == "-" for c in node_prefix):
+            raise ValueError(
+                f"node_prefix: {node_prefix!r} is not accepted; accepted: letters, digits, '-'"
+            )
+        self.node_prefix = node_prefix
         self.kube_bin_dir = kube_bin_dir
         self.forward_port = forward_port
         self.boot_timeout = boot_timeout
@@ -297,7 +303,7 @@ class KubeLab:
         block = self.block
         if block is None:
             block = int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % (plan.MAX_BLOCK + 1)
-        self.plan = kube_plan = KubePlan(prefix, block, self.nodes)
+        self.plan = kube_plan = KubePlan(prefix, block, self.nodes, self.node_prefix)
         self.files = files = Files(session.state_dir / (self.tag or "kube"))
         files.root.mkdir(parents=True, exist_ok=True)
         files.logs.mkdir(parents=True, exist_ok=True)
