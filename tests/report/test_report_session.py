@@ -180,13 +180,16 @@ def test_baseline_self_inflated_and_cli(suite: pytest.Pytester) -> None:
         "--dataplane-json=slower.json",
     )
     assert slower.ret == pytest.ExitCode.TESTS_FAILED  # the tests passed; the baseline did not
+    # The iptables run's tail is one rollout spike (every p95 exceedance in 3 s of 10): one
+    # episode per run, so the check widened for dependence cannot tell a 50 % larger spike
+    # from another rollout's; ebpf's steady latencies can.
     slower.stdout.fnmatch_lines(
         [
-            "*dataplane baseline: 2 regressions*",
+            "*dataplane baseline: 1 regression*",
             "test_suite.py::test_rollout * ebpf * +50.0% * REGRESSION (> +10.0%)",
-            "test_suite.py::test_rollout * iptables * +50.0% * REGRESSION (> +10.0%)",
+            "test_suite.py::test_rollout * iptables * +50.0% [[]-*%, +*%] * ok",
             "  regression: test_suite.py::test_rollout ?ebpf?: the p95 grew by at least *",
-            "*2 passed, * 2 regressed in *",
+            "*2 passed, * 1 regressed in *",
         ]
     )
     slower_doc = read_json(suite.path / "slower.json")
@@ -200,7 +203,8 @@ def test_baseline_self_inflated_and_cli(suite: pytest.Pytester) -> None:
 
 
 def test_fingerprint_mismatch_warns_and_force_compares(suite: pytest.Pytester) -> None:
-    common = ("--dataplane=iptables", "-k", "rollout", "-p", "no:cacheprovider")
+    # ebpf: its steady latencies make the forced comparison's +50 % a provable regression.
+    common = ("--dataplane=ebpf", "-k", "rollout", "-p", "no:cacheprovider")
     suite.runpytest(*common, "--dataplane-save-baseline=base.json").assert_outcomes(passed=1)
     changed = (
         *common,
@@ -216,7 +220,7 @@ def test_fingerprint_mismatch_warns_and_force_compares(suite: pytest.Pytester) -
     warned.stdout.fnmatch_lines(
         [
             "*dataplane baseline: 0 regressions*",
-            "test_suite.py::test_rollout * iptables * 11 ms * 16.4 ms * - * not compared",
+            "test_suite.py::test_rollout * ebpf * 3.27 ms * 4.9 ms * - * not compared",
             "  not compared: * fingerprints differ: fake_version: 1.0 -> 2.0",
         ]
     )
