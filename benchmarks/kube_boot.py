@@ -37,7 +37,9 @@ def main() -> int:
     reference = []
     for _ in range(args.runs):
         began = time.monotonic()
-        subprocess.run([*binaries.argv("kube-apiserver"), "--version"], check=True, capture_output=True)
+        subprocess.run(
+            [*binaries.argv("kube-apiserver"), "--version"], check=True, capture_output=True
+        )
         reference.append(time.monotonic() - began)
     rows = []
     for run in range(args.runs):
