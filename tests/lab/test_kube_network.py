@@ -18,6 +18,7 @@ from pytest_dataplane.providers.lab.cleanup import remove_session
 from pytest_dataplane.providers.lab.kube.forward import Forwarder
 from pytest_dataplane.providers.lab.kube.plan import KubePlan
 from pytest_dataplane.providers.lab.kube.topology import KubeTopology
+from pytest_dataplane.providers.lab.netns import bridge_mac
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -128,3 +129,25 @@ def test_the_network_leaves_the_root_namespace_alone() -> None:
         remove_session(session.prefix)
     assert session_objects(session.prefix) == set()
     assert state_diff(before, root_state()) == {}
+
+
+def test_bridges_keep_their_own_mac(network) -> None:
+    """A bridge without a MAC of its own takes its lowest port's and changes it when that port
+    leaves, which strands pods holding the old one as their gateway's: every bridge of the
+    cluster gets a fixed MAC at creation, and keeps it when a port comes and goes."""
+    plan, _ = network
+    bridges = [(plan.cp_netns, "kbr0", plan.cp_ip)] + [
+        (plan.node_netns(i), "cbr0", plan.pod_gateway(i)) for i in range(plan.nodes)
+    ]
+    for netns_name, bridge, address in bridges:
+        mac = bridge_mac(address)
+        show = ["ip", "-n", netns_name, "-br", "link", "show", bridge]
+        assert mac in subprocess.run(show, check=True, capture_output=True, text=True).stdout
+        # a port whose MAC sorts below the bridge's comes and goes
+        add = ["ip", "-n", netns_name, "link", "add", "dptlow0", "address", "02:00:00:00:00:01"]
+        subprocess.run([*add, "type", "veth", "peer", "name", "dptlow1"], check=True)
+        subprocess.run(
+            ["ip", "-n", netns_name, "link", "set", "dptlow0", "master", bridge], check=True
+        )
+        subprocess.run(["ip", "-n", netns_name, "link", "del", "dptlow0"], check=True)
+        assert mac in subprocess.run(show, check=True, capture_output=True, text=True).stdout

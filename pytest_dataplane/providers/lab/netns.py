@@ -35,6 +35,18 @@ GATEWAY = "169.254.1.1"
 MAX_PODS = 253
 
 
+def bridge_mac(ip: str) -> str:
+    """A bridge's own MAC, set once at creation: 0a:58 and its IPv4 address, a locally
+    administered unicast address as CNI plugins derive them.
+
+    A bridge created without one takes the lowest MAC among its ports and changes it when that
+    port leaves; pods that cached the old one as their gateway's then lose their packets until
+    they ask again (the lab's scale-down race).
+    """
+    octets = (int(part) for part in ip.split("."))
+    return "0a:58:" + ":".join(f"{octet:02x}" for octet in octets)
+
+
 @dataclass(frozen=True)
 class AddressPlan:
     """Address blocks of one lab session, derived from its block number (0-63)."""
@@ -51,10 +63,7 @@ class AddressPlan:
 
     @property
     def bridge_mac(self) -> str:
-        """The bridge's own MAC, set once: 0a:58 and its IPv4 address, a locally administered
-        unicast address as CNI plugins derive them."""
-        octets = (int(part) for part in self.bridge_ip.split("."))
-        return "0a:58:" + ":".join(f"{octet:02x}" for octet in octets)
+        return bridge_mac(self.bridge_ip)
 
     @property
     def client_ip(self) -> str:

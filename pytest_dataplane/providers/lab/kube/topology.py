@@ -57,7 +57,9 @@ class KubeTopology:
         def cp_side() -> None:
             with IPRoute() as ipr:
                 _lo_up(ipr)
-                ipr.link("add", ifname=NODE_BRIDGE, kind="bridge")
+                ipr.link(
+                    "add", ifname=NODE_BRIDGE, kind="bridge", address=netns.bridge_mac(plan.cp_ip)
+                )
                 bridge = ipr.link_lookup(ifname=NODE_BRIDGE)[0]
                 ipr.addr("add", index=bridge, address=plan.cp_ip, prefixlen=24)
                 ipr.link("set", index=bridge, state="up")
@@ -98,7 +100,12 @@ class KubeTopology:
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=eth0, address=plan.node_ip(index), prefixlen=24)
             ipr.link("set", index=eth0, state="up")
-            ipr.link("add", ifname=POD_BRIDGE, kind="bridge")
+            ipr.link(
+                "add",
+                ifname=POD_BRIDGE,
+                kind="bridge",
+                address=netns.bridge_mac(plan.pod_gateway(index)),
+            )
             bridge = ipr.link_lookup(ifname=POD_BRIDGE)[0]
             ipr.addr("add", index=bridge, address=plan.pod_gateway(index), prefixlen=24)
             ipr.link("set", index=bridge, state="up")
