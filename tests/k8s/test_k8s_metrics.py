@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytest_dataplane._host import read_mounts
 from pytest_dataplane.providers.k8s.metrics import (
     attribute_cpu,
     cgroup_find_script,
@@ -82,10 +83,9 @@ def test_container_ids_and_scripts() -> None:
 
 
 def _cgroup2_mount() -> Path | None:
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup2":
-            return Path(fields[1])
+    for mount in read_mounts():
+        if mount.fstype == "cgroup2":
+            return Path(mount.target)
     return None
 
 

@@ -10,9 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Re-exported: the lab's Kubernetes nodes still read the namespace directory from here.
+from ..._host import NETNS_DIR as NETNS_DIR  # noqa: PLC0414
 from ...errors import DataplaneError
-
-NETNS_DIR = "/run/netns"
 
 
 @dataclass(frozen=True)

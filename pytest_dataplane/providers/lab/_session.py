@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..._host import read_mounts
+
 STATE_ROOT = Path("/run/pytest-dataplane")
 PREFIX_RE = re.compile(r"^dpl[0-9a-f]{6}$")
 CGROUP_DIR = "pytest-dataplane."
@@ -24,14 +26,9 @@ CGROUP_DIR = "pytest-dataplane."
 def cgroup2_mount() -> Path | None:
     """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or ``/sys/fs/cgroup/unified`` on hybrid
     hosts), read from /proc/mounts."""
-    try:
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == "cgroup2":
-                    return Path(fields[1])
-    except OSError:
-        return None
+    for mount in read_mounts():
+        if mount.fstype == "cgroup2":
+            return Path(mount.target)
     return None
 
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ._proc import NETNS_DIR
+from ..._host import NETNS_DIR, read_mounts
 from ._session import CGROUP_DIR, PREFIX_RE, STATE_ROOT, Session, cgroup2_mount
 
 _NETNS_RE = re.compile(r"^(dpl[0-9a-f]{6})-")
@@ -97,11 +97,9 @@ def _attached_programs(cgroup: Path) -> list[tuple[int, str]]:
 
 def _mounts_under(path: Path) -> list[str]:
     found = []
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            target = line.split()[1]
-            if target == str(path) or target.startswith(f"{path}/"):
-                found.append(target)
+    for mount in read_mounts():
+        if mount.target == str(path) or mount.target.startswith(f"{path}/"):
+            found.append(mount.target)
     return sorted(found, key=len, reverse=True)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from ..._host import parse_mounts, read_mounts
 from ...errors import DataplaneError, DataplaneUnavailable
 from ..base import RuleCount, RuleCountPart
 from ..rules import count_iptables_save, count_nft_table, iptables_chain_sizes, nft_chain_sizes
@@ -79,36 +80,15 @@ def cgroup2_mounts(mounts: str | None = None) -> list[Path]:
     Hybrid hosts mount it at ``/sys/fs/cgroup/unified``, unified ones at ``/sys/fs/cgroup``;
     nothing here assumes either.
     """
-    if mounts is None:
-        mounts = Path("/proc/mounts").read_text()
-    found: list[Path] = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == "cgroup2":
-            found.append(Path(_unescape_mount_path(fields[1])))
-    return found
-
-
-def _unescape_mount_path(text: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...).
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1 : i + 4].isdigit() and i + 4 <= len(text):
-            out.append(chr(int(text[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    table = read_mounts() if mounts is None else parse_mounts(mounts)
+    return [Path(mount.target) for mount in table if mount.fstype == "cgroup2"]
 
 
 def _bpf_mounts_under(directory: Path) -> list[Path]:
-    text = Path("/proc/mounts").read_text()
     found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == "bpf":
-            point = Path(_unescape_mount_path(fields[1]))
+    for mount in read_mounts():
+        if mount.fstype == "bpf":
+            point = Path(mount.target)
             if point == directory or directory in point.parents:
                 found.append(point)
     return found

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..._host import NETNS_DIR
 from ...errors import DataplaneError
 from . import _proc
 
@@ -96,7 +97,7 @@ _CLONE_NEWNET = 0x40000000
 
 
 def _netns_path(name: str) -> str:
-    return f"{_proc.NETNS_DIR}/{name}"
+    return f"{NETNS_DIR}/{name}"
 
 
 def exists(name: str) -> bool:

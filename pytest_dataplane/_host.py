@@ -1,0 +1,58 @@
+"""Where the host's kernel state is read: the named network namespaces and the mount table.
+
+One place for both so that every layer (the lab, the load generator, cleanup) agrees on the
+namespace directory and unescapes mount points the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Final
+
+#: Where ``ip netns add NAME`` leaves the bind mount that names a network namespace.
+NETNS_DIR: Final = "/run/netns"
+
+MOUNTS: Final = "/proc/mounts"
+
+# The kernel writes space, tab, newline and backslash in a mount's fields as a backslash and
+# exactly three octal digits (fs/proc_namespace.c, mangle()); nothing else is escaped.
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of the mount table, its fields unescaped."""
+
+    source: str
+    target: str
+    fstype: str
+    options: str
+
+
+def unescape(field: str) -> str:
+    """A mount-table field with its octal escapes (``\\040`` for a space ...) decoded."""
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """The mounts listed in ``text`` (the format of ``/proc/mounts``), in table order."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            found.append(Mount(*(unescape(field) for field in fields[:4])))
+    return found
+
+
+def read_mounts(path: str = MOUNTS) -> list[Mount]:
+    """The mounts of this process's mount namespace; empty when the table cannot be read."""
+    try:
+        with open(path, "rb") as table:
+            # Paths are bytes to the kernel: decode them as os.listdir() would, so a name
+            # that is not UTF-8 still round-trips to open() and umount.
+            text = os.fsdecode(table.read())
+    except OSError:
+        return []
+    return parse_mounts(text)
