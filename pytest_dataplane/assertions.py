@@ -555,12 +555,7 @@ def assert_no_regression(
     schedule: pass its result alone (``assert_no_regression(run.result)``) or its two sides.
     """
     __tracebackhide__ = True
-    if isinstance(quantile, bool) or not 0 < quantile < 100:
-        raise ValueError(
-            f"quantile: {quantile!r} is not a percentile; accepted: 0 < quantile < 100"
-        )
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha: {alpha!r} is not accepted; accepted: 0 < alpha < 0.5 (e.g. 0.01)")
+    stats.check_alpha_quantile(alpha, quantile)
     floor = parse_fraction(max_increase, name="max_increase")
     pname = _percentile_name(quantile)
     assertion = f"no {pname} regression above {fmt.percent(floor)}"

@@ -280,12 +280,7 @@ def compare(
     ``force``; loads only in the candidate are "new", only in the baseline "missing" (left
     out when ``include_missing`` is false, as in a pytest run that selected fewer tests).
     """
-    if isinstance(quantile, bool) or not 0 < quantile < 100:
-        raise ValueError(
-            f"quantile: {quantile!r} is not a percentile; accepted: 0 < quantile < 100"
-        )
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha: {alpha!r} is not accepted; accepted: 0 < alpha < 0.5 (e.g. 0.01)")
+    stats.check_alpha_quantile(alpha, quantile)
     floor = parse_fraction(max_increase, name="max_increase")
     base_env = baseline.get("environment") or {}
     cand_env = candidate.get("environment") or {}

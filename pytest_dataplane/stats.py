@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -77,6 +78,24 @@ _TAIL_SDS = 8.5
 #: would miss; the Student-t factor pays for estimating a variance from so few. Chosen on
 #: real lab runs (benchmarks/calibration.py).
 DEPENDENCE_WINDOWS: Final = 10
+
+
+def check_alpha_quantile(alpha: float, quantile: float | None = None) -> None:
+    """Raise ValueError, naming the value and what is accepted, unless ``0 < alpha < 0.5``
+    and (when given) ``quantile`` is a percentile, ``0 < quantile < 100``.
+
+    The one check of these arguments for every public helper that takes them.
+    """
+    checks: list[tuple[str, object, float, str]] = [
+        ("alpha", alpha, 0.5, "a significance level, 0 < alpha < 0.5 (e.g. 0.01)")
+    ]
+    if quantile is not None:
+        checks.insert(0, ("quantile", quantile, 100, "a percentile, 0 < quantile < 100 (e.g. 95)"))
+    for name, value, upper, accepted in checks:
+        # bool is a number to Python, but True as a quantile or alpha is always a mistake;
+        # NaN fails the range test.
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 < float(value) < upper:
+            raise ValueError(f"{name}: {value!r} is not accepted; accepted: {accepted}")
 
 
 def _check_q(q: float) -> float:
@@ -695,8 +714,7 @@ def regression_check(
     of time, so what the machine did to both at once cancels. ``dependence="none"`` takes
     every value as independent (the plain exact bootstrap).
     """
-    if not 0.0 < alpha < 0.5:
-        raise ValueError(f"alpha: {alpha!r} is not accepted; accepted: 0 < alpha < 0.5 (e.g. 0.01)")
+    check_alpha_quantile(alpha)
     if dependence not in ("windows", "none"):
         raise ValueError(f"dependence: {dependence!r} is not accepted; accepted: windows, none")
     q = _check_q(q)

@@ -449,7 +449,7 @@ def test_compare_new_missing_small_and_saturated() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"quantile": 100}, "quantile: 100 is not a percentile"),
+        ({"quantile": 100}, "quantile: 100 is not accepted"),
         ({"alpha": 0.7}, "alpha: 0.7 is not accepted"),
         ({"max_increase": "ten"}, "max_increase: cannot parse 'ten'"),
     ],

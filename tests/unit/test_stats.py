@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -358,3 +359,51 @@ def test_paired_duets_cancel_what_both_sides_saw() -> None:
         paired=True,
     )
     assert check.paired and len(check.dependence) == 1 and "paired" in check.change.method
+
+
+_BAD_LEVELS = [
+    ({"alpha": 0.7}, "alpha: 0.7 is not accepted; accepted: a significance level, 0 < alpha < 0.5"),
+    ({"alpha": 0}, "alpha: 0 is not accepted; accepted: a significance level"),
+    ({"alpha": math.nan}, "alpha: nan is not accepted"),
+    ({"alpha": True}, "alpha: True is not accepted"),
+    (
+        {"quantile": 100},
+        "quantile: 100 is not accepted; accepted: a percentile, 0 < quantile < 100",
+    ),
+    ({"quantile": 0.0}, "quantile: 0.0 is not accepted; accepted: a percentile"),
+    ({"quantile": "95"}, "quantile: '95' is not accepted; accepted: a percentile"),
+    ({"quantile": True}, "quantile: True is not accepted"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), _BAD_LEVELS)
+def test_alpha_and_quantile_are_checked_once_with_one_wording(
+    kwargs: dict[str, object], message: str
+) -> None:
+    from pytest_dataplane.baseline import compare
+
+    args: dict[str, object] = {"alpha": 0.01, "quantile": 95, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        stats.check_alpha_quantile(args["alpha"], args["quantile"])  # type: ignore[arg-type]
+    sample = np.linspace(1.0, 2.0, 200)
+    # Every public helper that takes these arguments says the same thing.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        assert_no_regression(sample, sample, **kwargs)  # type: ignore[arg-type]
+    empty: dict[str, object] = {"loads": []}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare(empty, empty, **kwargs)  # type: ignore[arg-type]
+    if "alpha" in kwargs:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            stats.regression_check(
+                sample,
+                sample,
+                0.95,
+                max_increase=0.1,
+                alpha=kwargs["alpha"],  # type: ignore[arg-type]
+            )
+
+
+def test_alpha_and_quantile_inside_the_ranges_pass() -> None:
+    stats.check_alpha_quantile(0.01, 95)
+    stats.check_alpha_quantile(np.float64(0.49), np.int64(1))
+    stats.check_alpha_quantile(0.2)
