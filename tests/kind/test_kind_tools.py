@@ -7,6 +7,7 @@ import shutil
 import pytest
 from kindkit import FakeTools
 
+from pytest_dataplane.errors import DataplaneUnavailable
 from pytest_dataplane.providers.k8s.versions import Version
 from pytest_dataplane.providers.kind.tools import (
     Tools,
@@ -70,3 +71,10 @@ def test_docker_engine_problem_here() -> None:
     if problem is None:
         pytest.skip("this machine has a running Docker engine")
     assert "start dockerd" in problem
+
+
+def test_a_tool_missing_at_a_step_is_a_dataplane_unavailable_naming_it() -> None:
+    error = Tools(None, None, None, None).missing("kind")
+    assert isinstance(error, DataplaneUnavailable)
+    assert str(error).startswith("kind not found on PATH (nothing is downloaded at test time)")
+    assert "go install sigs.k8s.io/kind@latest" in str(error)

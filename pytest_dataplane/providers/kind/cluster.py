@@ -97,15 +97,18 @@ class KindClusterSetup:
 
     def existing_clusters(self) -> list[str]:
         """Names ``kind get clusters`` lists."""
-        assert self.tools.kind is not None
+        if self.tools.kind is None:
+            raise self.tools.missing("kind")
         out = _run([self.tools.kind, "get", "clusters"], timeout=60.0)
         return [line.strip() for line in out.splitlines() if line.strip()]
 
     def _make_kind_cluster(self) -> Any:
         from pytest_kind.cluster import KindCluster
 
-        assert self.tools.kind is not None
-        assert self.tools.kubectl is not None
+        if self.tools.kind is None:
+            raise self.tools.missing("kind")
+        if self.tools.kubectl is None:
+            raise self.tools.missing("kubectl")
         self.dir.mkdir(parents=True, exist_ok=True)
         # KindCluster.__init__ creates .pytest-kind/<name> under the working directory.
         with _CWD_LOCK:
@@ -142,7 +145,8 @@ class KindClusterSetup:
         exists = self.name in self.existing_clusters()
         if exists:
             self._step("reuse: cluster exists")
-            assert self.tools.kind is not None
+            if self.tools.kind is None:
+                raise self.tools.missing("kind")
             _run(
                 [
                     self.tools.kind,
@@ -219,8 +223,10 @@ class KindClusterSetup:
         newer) and loads that archive. If both fail the image is left for the nodes to pull
         (every pod we create uses ``imagePullPolicy: IfNotPresent``), with a warning.
         """
-        assert self.tools.docker is not None
-        assert self.tools.kind is not None
+        if self.tools.docker is None:
+            raise self.tools.missing("docker")
+        if self.tools.kind is None:
+            raise self.tools.missing("kind")
         inspect = subprocess.run(
             [self.tools.docker, "image", "inspect", image],
             capture_output=True,
@@ -300,7 +306,8 @@ class KindClusterSetup:
 
     def delete(self) -> None:
         """``kind delete cluster`` (what pytest-kind's ``delete`` runs)."""
-        assert self.tools.kind is not None
+        if self.tools.kind is None:
+            raise self.tools.missing("kind")
         self._step("delete cluster")
         _run(
             [
@@ -315,7 +322,8 @@ class KindClusterSetup:
 
     def kubectl(self, *args: str) -> str:
         """Run kubectl against the cluster (used for human-readable diagnostics)."""
-        assert self.tools.kubectl is not None
+        if self.tools.kubectl is None:
+            raise self.tools.missing("kubectl")
         return _run([self.tools.kubectl, "--kubeconfig", str(self.kubeconfig), *args], timeout=60.0)
 
 

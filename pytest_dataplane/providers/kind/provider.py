@@ -98,7 +98,8 @@ class KindProvider:
             return missing
         with self._lock:
             if self._engine_problem is _UNSET:
-                assert self.tools.docker is not None
+                if self.tools.docker is None:
+                    raise self.tools.missing("docker")
                 self._engine_problem = docker_engine_problem(self.tools.docker)
             if self._engine_problem:
                 return str(self._engine_problem)
@@ -142,7 +143,8 @@ class KindProvider:
         workers = [n for n in nodes if not n["metadata"]["name"].endswith("-control-plane")]
         target = sorted(workers or nodes, key=lambda n: n["metadata"]["name"])[0]
         host = resources.node_address(target)
-        assert self.tools.docker is not None
+        if self.tools.docker is None:
+            raise self.tools.missing("docker")
         keep = self.settings.keep
 
         def close() -> None:

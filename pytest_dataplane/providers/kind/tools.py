@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Final
 
+from ...errors import DataplaneUnavailable
 from ..k8s.versions import Version
 
 __all__ = [
@@ -48,6 +49,13 @@ class Tools:
         if dataplane == "ebpf":
             needed["helm"] = self.helm
         return needed
+
+    def missing(self, name: str) -> DataplaneUnavailable:
+        """DataplaneUnavailable naming tool ``name`` and how to install it, for a step that
+        needs a tool the availability check should already have reported missing."""
+        return DataplaneUnavailable(
+            f"{name} not found on PATH (nothing is downloaded at test time): {INSTALL_HINTS[name]}"
+        )
 
 
 def _which(name: str, override: str | None) -> str | None:

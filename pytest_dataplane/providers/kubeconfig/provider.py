@@ -234,7 +234,8 @@ class KubeconfigProvider:
             raise DataplaneUnavailable(f"{dataplane} on kubeconfig: {reason}")
         api = self.api()
         agent = self._ensure_namespace()
-        assert self._namespace is not None
+        if self._namespace is None:
+            raise DataplaneError("kubeconfig: the session's namespace was not created")
         found = self.detection()
         facts = {
             "context": self.context or "(current)",
