@@ -428,6 +428,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.close()
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """One header line: the provider, the selected dataplanes and the kernel they run on."""
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return None  # not configured by this plugin (disabled, or configure never ran)
+    import platform
+
+    return (
+        f"dataplane: provider {state.provider_name}, dataplanes {','.join(state.dataplanes)}, "
+        f"kernel {platform.release()}"
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "dataplane" not in metafunc.fixturenames:
         return
