@@ -22,14 +22,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 from .. import events
 from ..errors import DataplaneError
 from ..events import Event
 from ._engine import EngineConfig
-from ._fixture import LoadRun, target_url
+from ._fixture import LoadRun, _Background, target_url
 from ._launch import START_MARGIN, Launch
 from ._result import LoadResult
 from ._spec import LoadSpec
@@ -131,12 +130,14 @@ def _side_configs(spec: LoadSpec, slot: int) -> list[EngineConfig]:
     ]
 
 
-class DuetRun:
+class DuetRun(_Background):
     """A duet in the background; use it as a context manager, like a :class:`LoadRun`.
 
     After the block, :attr:`result` is the :class:`DuetResult`; :meth:`mark` records an event
     on both sides.
     """
+
+    _what = "duet"
 
     def __init__(
         self,
@@ -240,31 +241,6 @@ class DuetRun:
 
     def __enter__(self) -> DuetRun:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.wait()
-            return
-        self.stop()
-        try:
-            self.wait()
-        except BaseException as wait_error:
-            note = f"(while stopping the duet: {type(wait_error).__name__}: {wait_error})"
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
-
-    def mark(self, name: str, **detail: Any) -> Event:
-        """Record event ``name`` now; it lands in both sides' ``events``."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"mark: event name {name!r} is not a non-empty string")
-        event = Event(name, events.now(), detail)
-        self._marks.append(event)
-        return event
 
     @property
     def result(self) -> DuetResult:

@@ -41,7 +41,46 @@ def target_url(target: object) -> str:
     )
 
 
-class LoadRun:
+class _Background:
+    """The ``with`` protocol and the marks that a load run and a duet share."""
+
+    _what = "load run"
+    _marks: list[Event]
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> object:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.wait()
+            return
+        # The block failed: stop at once, keep what was measured, and let its error through.
+        self.stop()
+        try:
+            self.wait()
+        except BaseException as wait_error:
+            note = f"(while stopping the {self._what}: {type(wait_error).__name__}: {wait_error})"
+            if hasattr(exc, "add_note"):
+                exc.add_note(note)
+
+    def mark(self, name: str, **detail: Any) -> Event:
+        """Record event ``name`` now (with ``detail`` fields); it lands in ``result.events``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"mark: event name {name!r} is not a non-empty string")
+        event = Event(name, events.now(), detail)
+        self._marks.append(event)
+        return event
+
+
+class LoadRun(_Background):
     """A load run in the background; use it as a context manager (see the module docstring).
 
     After the block, :attr:`result` is the :class:`LoadResult`. :meth:`mark` records an event
@@ -143,33 +182,7 @@ class LoadRun:
     def __enter__(self) -> LoadRun:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.wait()
-            return
-        # The block failed: stop at once, keep what was measured, and let its error through.
-        self.stop()
-        try:
-            self.wait()
-        except BaseException as wait_error:
-            note = f"(while stopping the load run: {type(wait_error).__name__}: {wait_error})"
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
-
     # ---------------------------------------------------------------- data
-
-    def mark(self, name: str, **detail: Any) -> Event:
-        """Record event ``name`` now (with ``detail`` fields); it lands in ``result.events``."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"mark: event name {name!r} is not a non-empty string")
-        event = Event(name, events.now(), detail)
-        self._marks.append(event)
-        return event
 
     @property
     def events(self) -> tuple[Event, ...]:
