@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._api import run
     from ._duet import DuetResult, DuetRun, duet
-    from ._fixture import LoadFactory, LoadRun
+    from ._fixture import LoadFactory
     from ._outcomes import OUTCOMES
     from ._result import LoadResult, Timeline
+    from ._run import LoadRun
 
 __all__ = [
     "OUTCOMES",
@@ -38,7 +39,7 @@ _LAZY = {
     "duet": "._duet",
     "DuetResult": "._duet",
     "DuetRun": "._duet",
-    "LoadRun": "._fixture",
+    "LoadRun": "._run",
     "LoadFactory": "._fixture",
 }
 

@@ -27,10 +27,10 @@ from typing import Any
 from .. import events
 from ..errors import DataplaneError
 from ..events import Event
-from ._engine import EngineConfig
-from ._fixture import LoadRun, _Background, target_url
+from ._client import EngineConfig
 from ._launch import START_MARGIN, Launch
 from ._result import LoadResult
+from ._run import LoadRun, _Background, target_url
 from ._spec import LoadSpec
 
 __all__ = ["DuetResult", "DuetRun", "duet", "duet_specs"]

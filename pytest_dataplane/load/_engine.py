@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from typing import Any, Final
 
+from ._client import Client, EngineConfig, Target
 from ._health import IDLE_ITERATION, SelfMeter
 from ._outcomes import DROPPED
 from ._schedule import offsets
 from ._timer import MonotonicTimer
 from ._wire import RowBuffer
 
-__all__ = ["Done", "Engine", "EngineConfig", "Target", "new_loop"]
+__all__ = ["Engine", "new_loop"]
 
 NAN: Final = math.nan
 # Launch at most this many requests per wake-up before letting responses be processed.
@@ -45,78 +43,6 @@ _BURST: Final = 256
 # at 200 req/s).
 _EARLY: Final = 200e-6
 
-#: ``done(offset, intended, sent, finished, outcome)``: called exactly once per launched
-#: request; ``offset`` is the schedule's own value (seconds since t0, stored as is),
-#: ``intended`` the monotonic time it stands for.
-Done = Callable[[float, float, float, float, int], None]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything a worker needs to run its part of a load run (JSON-serialisable)."""
-
-    url: str
-    engine: str
-    arrival: str
-    connection: str
-    rate: float
-    duration: float
-    timeout: float
-    seed: int
-    part: int = 0
-    parts: int = 1
-    concurrency: int = 10
-    max_in_flight: int = 10_000
-    http2: bool = False
-    verify: bool | str = True
-    headers: tuple[tuple[str, str], ...] = ()
-    flush_rows: int = 4096
-    uvloop: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
-        values = dict(data)
-        values["headers"] = tuple((str(k), str(v)) for k, v in values.get("headers", ()))
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where requests go: the URL's parts and the address it resolved to (once, up front)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    address: str
-    family: int = field(default=socket.AF_INET)
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-    @classmethod
-    def resolve(cls, url: str) -> Target:
-        """Split ``url`` and resolve its host in this process's network namespace."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        path = parts.path or "/"
-        if parts.query:
-            path = f"{path}?{parts.query}"
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise OSError(f"cannot resolve host {host!r} of {url!r}: {exc}") from None
-        family, _, _, _, sockaddr = infos[0]
-        return cls(scheme, host, port, path, str(sockaddr[0]), int(family))
-
 
 def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
     """A fresh event loop: uvloop's when importable and wanted, else asyncio's."""
@@ -129,14 +55,6 @@ def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             return loop
     return asyncio.new_event_loop()
-
-
-class Client(Protocol):
-    def launch(self, offset: float, intended: float, done: Done) -> None: ...
-
-    def cancel_all(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class Engine:

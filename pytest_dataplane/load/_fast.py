@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Final
 
-from ._engine import Done, EngineConfig, Target
+from ._client import Done, EngineConfig, Target
 from ._outcomes import (
     CONNECT_TIMEOUT,
     DROPPED,

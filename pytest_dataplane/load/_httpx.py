@@ -26,7 +26,7 @@ import ssl
 import time
 from typing import Any
 
-from ._engine import Done, EngineConfig, Target
+from ._client import Done, EngineConfig, Target
 from ._outcomes import OTHER, classify_exception, classify_status
 
 __all__ = ["HttpxClient"]

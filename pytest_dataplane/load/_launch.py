@@ -29,7 +29,8 @@ import numpy as np
 
 from .. import events
 from ..errors import DataplaneError
-from ._engine import Engine, EngineConfig, new_loop
+from ._client import EngineConfig
+from ._engine import Engine, new_loop
 from ._outcomes import OUTCOMES
 from ._recorder import Recorder
 from ._result import LoadResult

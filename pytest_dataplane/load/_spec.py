@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..config import parse_duration, parse_rate
 from ..errors import DataplaneUnavailable
-from ._engine import EngineConfig
+from ._client import EngineConfig
 from ._schedule import ARRIVALS
 
 __all__ = [

@@ -28,7 +28,8 @@ import sys
 import traceback
 from typing import Any, Final
 
-from ._engine import Engine, EngineConfig, new_loop
+from ._client import EngineConfig
+from ._engine import Engine, new_loop
 from ._timer import reduce_timer_slack
 from ._wire import RowBuffer, encode_frame, encode_json, encode_rows
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_dataplane.load._engine import Target
+from pytest_dataplane.load._client import Target
 from pytest_dataplane.load._fast import ResponseParser, build_request
 
 RESPONSES = {
