@@ -45,6 +45,7 @@ __all__ = [
     "build_object",
     "cgroup2_mounts",
     "ebpf_unavailable_reason",
+    "read_pinned",
     "remove_leftovers",
 ]
 
@@ -648,26 +649,7 @@ class EbpfProxier:
     def programmed(self) -> dict[tuple[str, int, str], list[str]]:
         """What the kernel maps hold: ``(vip, port, protocol) -> ["ip:port", ...]``."""
         with self._lock:
-            svc_map, be_map = self._maps()
-            protocols = {number: name for name, number in _PROTOCOLS.items()}
-            backends: dict[tuple[int, int], str] = {}
-            for key, value in be_map.items():
-                ip, port = _BE_VAL.unpack(value)
-                backends[_BE_KEY.unpack(key)] = (
-                    f"{ipaddress.IPv4Address(ip)}:{int.from_bytes(port, 'big')}"
-                )
-            result: dict[tuple[str, int, str], list[str]] = {}
-            for key, value in svc_map.items():
-                vip, port, proto = _SVC_KEY.unpack(key)
-                rev, count = _SVC_VAL.unpack(value)
-                result[
-                    (
-                        str(ipaddress.IPv4Address(vip)),
-                        int.from_bytes(port, "big"),
-                        protocols.get(proto, str(proto)),
-                    )
-                ] = [backends.get((rev, slot), "?") for slot in range(count)]
-            return result
+            return _decode_maps(*self._maps())
 
     def rule_count(self) -> RuleCount:
         """``KUBE-`` lines in the node namespace (expected: none) and the service map's size."""
@@ -739,6 +721,46 @@ class EbpfProxier:
                 raise DataplaneError(
                     "the eBPF proxier could not remove everything: " + "; ".join(problems)
                 )
+
+
+def _decode_maps(
+    svc_map: _bpf.BpfMap, be_map: _bpf.BpfMap
+) -> dict[tuple[str, int, str], list[str]]:
+    protocols = {number: name for name, number in _PROTOCOLS.items()}
+    backends: dict[tuple[int, int], str] = {}
+    for key, value in be_map.items():
+        ip, port = _BE_VAL.unpack(value)
+        backends[_BE_KEY.unpack(key)] = f"{ipaddress.IPv4Address(ip)}:{int.from_bytes(port, 'big')}"
+    result: dict[tuple[str, int, str], list[str]] = {}
+    for key, value in svc_map.items():
+        vip, port, proto = _SVC_KEY.unpack(key)
+        rev, count = _SVC_VAL.unpack(value)
+        result[
+            (
+                str(ipaddress.IPv4Address(vip)),
+                int.from_bytes(port, "big"),
+                protocols.get(proto, str(proto)),
+            )
+        ] = [backends.get((rev, slot), "?") for slot in range(count)]
+    return result
+
+
+def read_pinned(state_dir: str | os.PathLike[str]) -> dict[tuple[str, int, str], list[str]]:
+    """What the maps pinned by an :class:`EbpfProxier` with this ``state_dir`` hold, read by
+    another process (the proxier may run elsewhere, e.g. in the lab's eBPF controller):
+    ``(vip, port, protocol) -> ["ip:port", ...]``. DataplaneError when nothing is pinned."""
+    maps_dir = Path(state_dir) / BPFFS_DIR / "maps"
+    opened: list[_bpf.BpfMap] = []
+    try:
+        for name in (SERVICES_MAP, BACKENDS_MAP):
+            path = maps_dir / name
+            if not path.exists():
+                raise DataplaneError(f"no eBPF map is pinned at {path} (is the proxier running?)")
+            opened.append(_bpf.BpfMap(str(path)))
+        return _decode_maps(opened[0], opened[1])
+    finally:
+        for bpf_map in opened:
+            bpf_map.close()
 
 
 def remove_leftovers(state_dir: Path) -> list[str]:

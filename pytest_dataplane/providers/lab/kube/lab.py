@@ -7,7 +7,11 @@ Boot order (each step waits on the component's own readiness signal, never on a 
 3. kube-controller-manager and kube-scheduler (``/healthz``), and one node agent per node
    (its Node object Ready);
 4. kube-proxy per node once its Node exists (kube-proxy reads its node IPs from the Node
-   and polls for it only once a second), ready at its first completed rule sync;
+   and polls for it only once a second), ready at its first completed rule sync, with the
+   iptables binaries of the chosen backend first on its PATH and its configuration published
+   as ConfigMap kube-system/kube-proxy; or, for ``ebpf``, no kube-proxy but the eBPF service
+   controller (:mod:`.ebpfctl`) in node 0's namespace, ready once it has programmed the
+   Services and EndpointSlices it listed into the load balancer on :attr:`client_cgroup`;
 5. the forwarder that lets the root namespace's kubectl reach the API server on loopback.
 
 :meth:`KubeLab.stop` undoes everything — on success, on a failure part-way through
@@ -45,6 +49,18 @@ from .topology import POD_BRIDGE, KubeTopology
 
 ETCD_TMPFS_SIZE = "1g"
 AGENT_STOP_TIMEOUT = 30.0  # the agent stops its pods (their grace periods) before exiting
+EBPFCTL_STOP_TIMEOUT = 10.0  # the eBPF controller detaches and unmounts on SIGTERM
+EBPFCTL = "ebpf-controller"  # the controller's process (and cgroup) name
+CLIENT_CGROUP = "client"  # the clients' cgroup, under the cluster's
+
+
+def detect_iptables_backend() -> str:
+    """``nft`` or ``legacy``: what this machine's ``iptables --version`` reports."""
+    path = shutil.which("iptables", path=_sbin_path())
+    if path is None:
+        raise DataplaneUnavailable("iptables not found: apt-get install iptables")
+    version = _proc.run([path, "--version"]).stdout
+    return "nft" if "nf_tables" in version else "legacy"
 
 
 def _sbin_path() -> str:
@@ -84,9 +100,13 @@ class KubeLab:
         forward_port: int = 0,
         boot_timeout: float = 90.0,
         progress: Callable[[str], None] | None = None,
+        min_sync_period: float | None = None,
+        iptables_backend: str = "auto",
     ) -> None:
         self.dataplane = plan.check_dataplane(dataplane)
         self.nodes = plan.check_nodes(nodes)
+        self.min_sync_period = plan.check_min_sync_period(min_sync_period)
+        self.requested_iptables_backend = plan.check_iptables_backend(iptables_backend)
         if tag is not None and (not tag.isalnum() or len(tag) > 8):
             raise ValueError(f"tag: {tag!r} is not accepted; accepted: 1-8 letters or digits")
         if session is not None and tag is None:
@@ -113,6 +133,9 @@ class KubeLab:
         self.processes: dict[str, Process] = {}
         self.cgroup: Path | None = None
         self.timings: dict[str, float] = {}
+        self.proxy_config: str | None = None  # the published KubeProxyConfiguration (YAML)
+        self._iptables_backend: str | None = None
+        self._client_cgroup: Path | None = None
         self._mounted: Path | None = None
         self._started = False
         self._stopped = False
@@ -213,6 +236,61 @@ class KubeLab:
     def runs_kube_proxy(self) -> bool:
         return self.dataplane in plan.PROXY_MODES
 
+    @property
+    def iptables_backend(self) -> str | None:
+        """``legacy`` or ``nft``: the iptables binaries kube-proxy's PATH finds (None before
+        start and on ``ebpf``, where no kube-proxy runs)."""
+        return self._iptables_backend
+
+    @property
+    def client_cgroup(self) -> Path | None:
+        """``ebpf``: the cgroup v2 directory whose processes' ``connect()`` calls the eBPF
+        load balancer serves; the load generator (and any prober) must join it. None for the
+        kube-proxy dataplanes, where the client namespace's routes suffice."""
+        return self._client_cgroup
+
+    @property
+    def ebpf_state_dir(self) -> Path:
+        """The eBPF controller's directory: bpffs pins, ``ready.json``, ``programming.jsonl``."""
+        return self._require()[1].root / "ebpf"
+
+    def dataplane_cgroups(self, index: int = 0) -> list[Path]:
+        """The cgroup v2 directories whose ``cpu.stat`` ``usage_usec``, summed, is the
+        dataplane's CPU on node ``index``: kube-proxy's (the iptables-restore / nft it runs
+        are its children, in the same cgroup), or on ``ebpf`` the eBPF controller's, which
+        runs on node 0 only (other nodes have no dataplane process: an empty list)."""
+        kube_plan = self._require()[0]
+        name = kube_plan.node_name(index)
+        wanted = f"kube-proxy-{name}" if self.runs_kube_proxy else (EBPFCTL if index == 0 else "")
+        process = self.processes.get(wanted)
+        return [] if process is None or process.cgroup is None else [process.cgroup]
+
+    def ebpf_programming(self) -> list[dict[str, Any]]:
+        """``ebpf``: one record per endpoint change the controller programmed, oldest first:
+        ``service`` (ns/name), ``port`` (service port name), ``endpoint`` (ip:port),
+        ``change`` (added/removed), ``trigger`` (wall seconds: the EndpointSlice's
+        last-change-trigger-time, which the API keeps to the second, or when the controller
+        saw the change, see ``trigger_source``), ``programmed`` (wall seconds when the map
+        write returned), ``seconds`` (programmed - trigger). Empty for other dataplanes."""
+        if self.dataplane != "ebpf":
+            return []
+        from .ebpfctl import RECORDS_FILE
+
+        try:
+            text = (self.ebpf_state_dir / RECORDS_FILE).read_text()
+        except FileNotFoundError:
+            return []
+        # A line still being written has no newline yet: it is read next time.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
+
+    def ebpf_programmed(self) -> dict[tuple[str, int, str], list[str]]:
+        """``ebpf``: what the load balancer's maps hold now, ``(vip, port, protocol) ->
+        ["ip:port", ...]``, read from the controller's pinned maps."""
+        from ..ebpf import read_pinned
+
+        return read_pinned(self.ebpf_state_dir)
+
     def kubectl(self) -> list[str]:
         """The command prefix of the matching kubectl on the admin kubeconfig."""
         return [*self.binaries.argv("kubectl"), f"--kubeconfig={self.kubeconfig}"]
@@ -295,6 +373,12 @@ class KubeLab:
                 "kube-proxy's ipvs mode needs the kernel's IP_VS, which this kernel lacks "
                 "(no /proc/sys/net/ipv4/vs); use iptables or nftables"
             )
+        if self.dataplane == "ebpf":
+            from ..ebpf import ebpf_unavailable_reason
+
+            reason = ebpf_unavailable_reason()
+            if reason is not None:
+                raise DataplaneUnavailable(reason)
         self.binaries = locate(self.kube_bin_dir)
         if self._session is None:
             self._session = Session.new()
@@ -310,6 +394,16 @@ class KubeLab:
         if session.cgroup is not None:
             self.cgroup = session.cgroup / (self.tag or "kube")
             self.cgroup.mkdir(parents=True, exist_ok=True)
+        if self.dataplane == "ebpf":
+            if self.cgroup is None:
+                raise DataplaneUnavailable(
+                    "the ebpf dataplane needs a cgroup v2 hierarchy for the clients' cgroup"
+                )
+            self._client_cgroup = self.cgroup / CLIENT_CGROUP
+            self._client_cgroup.mkdir(exist_ok=True)
+        proxy_env: dict[str, str] | None = None
+        if self.runs_kube_proxy:
+            proxy_env = self._proxy_env(files)
         self._progress(
             f"lab {prefix}: {self.dataplane}, {self.nodes} node(s), {self.binaries.source}"
         )
@@ -371,6 +465,8 @@ class KubeLab:
                 timeout=self.boot_timeout,
                 what="ready (/readyz)",
             )
+            if self.runs_kube_proxy:
+                self._publish_proxy_config(apiserver)
 
         self._progress("starting controller-manager, scheduler and node agents")
         with self._phase("components"):
@@ -381,6 +477,7 @@ class KubeLab:
                 "kube-scheduler", plan.scheduler_args(files), kube_plan.cp_netns
             )
             agents = [self._spawn_agent(i) for i in range(self.nodes)]
+            controller = self._spawn_ebpfctl() if self.dataplane == "ebpf" else None
             proxies: list[Process] = []
             for index, agent in enumerate(agents):
                 name = kube_plan.node_name(index)
@@ -397,11 +494,16 @@ class KubeLab:
                             [
                                 *self.binaries.argv("kube-proxy"),
                                 *plan.proxy_args(
-                                    kube_plan, files, index, plan.PROXY_MODES[self.dataplane]
+                                    kube_plan,
+                                    files,
+                                    index,
+                                    plan.PROXY_MODES[self.dataplane],
+                                    min_sync_period=self.min_sync_period,
                                 ),
                             ],
                             kube_plan.node_netns(index),
                             raw=True,
+                            env=proxy_env,
                         )
                     )
             self._wait(
@@ -436,11 +538,13 @@ class KubeLab:
                     timeout=self.boot_timeout,
                     what="synced (kubeproxy_sync_proxy_rules_last_timestamp_seconds)",
                 )
-        if not self.runs_kube_proxy:
-            self._progress(
-                "dataplane ebpf: no kube-proxy runs; the lab's eBPF service controller on "
-                "this cluster comes with issue 14, so ClusterIPs are not served yet"
-            )
+            if controller is not None:
+                self.timings["ebpf_controller"] = self._wait(
+                    controller,
+                    self._ebpfctl_ready,
+                    timeout=self.boot_timeout,
+                    what="ready (ready.json: the listed services programmed)",
+                )
         self.forwarder.start()
 
     def _wait(
@@ -462,7 +566,16 @@ class KubeLab:
 
         return process.wait_until(check, timeout=timeout, what=what)
 
-    def _spawn(self, name: str, args: list[str], netns: str, *, raw: bool = False) -> Process:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        netns: str,
+        *,
+        raw: bool = False,
+        env: dict[str, str] | None = None,
+        deathsig: int = signal.SIGKILL,
+    ) -> Process:
         """Start component ``name`` (``args`` are its flags, or its whole argv if ``raw``)."""
         self._raise_pending()
         _, files = self._require()
@@ -473,7 +586,8 @@ class KubeLab:
             netns=netns,
             log_path=files.logs / f"{name}.log",
             cgroup=None if self.cgroup is None else self.cgroup / name,
-            env=self._env(),
+            env=self._env() if env is None else env,
+            deathsig=deathsig,
         )
         self.processes[name] = process
         process.start()
@@ -483,6 +597,92 @@ class KubeLab:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env["PATH"] = _sbin_path()
         return env
+
+    # ------------------------------------------------------------------ kube-proxy's setup
+
+    def _proxy_env(self, files: Files) -> dict[str, str]:
+        """kube-proxy's environment: a bin directory of this session first on its PATH, whose
+        ``iptables``, ``iptables-save``, ``iptables-restore`` (and ip6tables) are links to the
+        chosen backend's binaries (as the iptables wrapper of kube-proxy's image picks them)."""
+        backend = self.requested_iptables_backend
+        if backend == "auto":
+            backend = detect_iptables_backend()
+        search = _sbin_path()
+        bin_dir = files.root / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        for name, binary in plan.iptables_links(backend).items():
+            target = shutil.which(binary, path=search)
+            if target is None:
+                if name.startswith("ip6"):
+                    continue  # an IPv4-only machine: kube-proxy runs its IPv4 proxier alone
+                raise DataplaneUnavailable(
+                    f"{binary} not found (iptables backend {backend!r}): apt-get install "
+                    "iptables, or choose the other backend (accepted: auto, legacy, nft)"
+                )
+            (bin_dir / name).symlink_to(target)
+        self._iptables_backend = backend
+        env = self._env()
+        env["PATH"] = f"{bin_dir}{os.pathsep}{search}"
+        return env
+
+    def _publish_proxy_config(self, apiserver: Process) -> None:
+        """Write the KubeProxyConfiguration kube-proxy's flags make (kube-proxy's own
+        ``--write-config-to``) and publish it as ConfigMap kube-system/kube-proxy, key
+        config.conf, as kubeadm does: tools that meet the cluster read the mode there."""
+        kube_plan, files = self._require()
+        out = files.root / "kube-proxy.conf"
+        argv = [
+            *self.binaries.argv("kube-proxy"),
+            *plan.proxy_config_args(
+                kube_plan,
+                files,
+                plan.PROXY_MODES[self.dataplane],
+                out,
+                min_sync_period=self.min_sync_period,
+            ),
+        ]
+        _proc.run(argv)
+        self.proxy_config = out.read_text()
+        namespace, name, key = plan.KUBE_PROXY_CONFIGMAP
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "kube-proxy"}},
+            "data": {key: self.proxy_config},
+        }
+
+        def published() -> bool:
+            # kube-system appears shortly after /readyz: until then the answer is 404.
+            status, _ = self._api_send("POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
+            return status in (201, 409)
+
+        self._wait(
+            apiserver, published, timeout=self.boot_timeout, what="publishing kube-proxy's config"
+        )
+
+    # ------------------------------------------------------------------ the eBPF controller
+
+    def _spawn_ebpfctl(self) -> Process:
+        kube_plan, files = self._require()
+        if self._client_cgroup is None:
+            raise DataplaneError("the clients' cgroup was not made")
+        state = self.ebpf_state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        argv = plan.ebpfctl_argv(
+            sys.executable,
+            kubeconfig=files.components_kubeconfig,
+            cgroup=self._client_cgroup,
+            state_dir=state,
+        )
+        # SIGTERM at the owner's death: the controller detaches its program and unmounts.
+        return self._spawn(
+            EBPFCTL, argv, kube_plan.node_netns(0), raw=True, deathsig=signal.SIGTERM
+        )
+
+    def _ebpfctl_ready(self) -> bool:
+        from .ebpfctl import READY_FILE
+
+        return (self.ebpf_state_dir / READY_FILE).is_file()
 
     def _spawn_agent(self, index: int) -> Process:
         self._raise_pending()
@@ -532,6 +732,20 @@ class KubeLab:
         return probe.get(
             kube_plan.cp_netns,
             f"https://127.0.0.1:{plan.APISERVER_PORT}{path}",
+            token=self.pki.admin.token,
+            ca_file=str(files.ca_cert),
+        )
+
+    def _api_send(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        """``method`` ``path`` with a JSON ``body``, from the control-plane namespace."""
+        kube_plan, files = self._require()
+        if self.pki is None:
+            raise DataplaneError("the lab cluster is not started")
+        return probe.send(
+            kube_plan.cp_netns,
+            method,
+            f"https://127.0.0.1:{plan.APISERVER_PORT}{path}",
+            body=body,
             token=self.pki.admin.token,
             ca_file=str(files.ca_cert),
         )
@@ -587,6 +801,10 @@ class KubeLab:
         # the controller-manager's graceful shutdown can take longer than the whole boot:
         # SIGKILL, clients of the API server before the API server, etcd last.
         killed = stop_all(agents, timeout=AGENT_STOP_TIMEOUT)
+        # The eBPF controller detaches its program and unmounts its bpffs on SIGTERM.
+        killed += stop_all(
+            [p for p in processes if p.name == EBPFCTL], timeout=EBPFCTL_STOP_TIMEOUT
+        )
         if killed:
             errors.append(f"had to SIGKILL {', '.join(killed)} (did not stop in time)")
         for group in (
@@ -598,7 +816,9 @@ class KubeLab:
         if self.forwarder is not None:
             self.forwarder.close()
         if self.cgroup is not None:
-            _kill_cgroup(self.cgroup)  # whatever the agents left (pods)
+            _kill_cgroup(self.cgroup)  # whatever the agents left (pods), clients
+        if self.files is not None and self.dataplane == "ebpf":
+            errors += self._remove_ebpf_leftovers()
         if self.topology is not None:
             errors += self.topology.destroy(
                 tuple(self.agent_netns_prefix(name) for name in self.node_names)
@@ -619,6 +839,28 @@ class KubeLab:
             remove_session(self._session.prefix)
         if errors:
             raise DataplaneError("lab cluster cleanup incomplete: " + "; ".join(errors))
+
+    def _remove_ebpf_leftovers(self) -> list[str]:
+        """What a controller that could not exit cleanly left: its bpffs mount (the pins) and
+        its program's attachment to the clients' cgroup."""
+        from ..cleanup import _attached_programs
+        from ..ebpf import remove_leftovers
+
+        errors: list[str] = []
+        try:
+            remove_leftovers(self.ebpf_state_dir)
+        except DataplaneError as exc:
+            errors.append(str(exc))
+        cgroup = self._client_cgroup
+        if cgroup is not None and cgroup.is_dir():
+            for program, attach_type in _attached_programs(cgroup):
+                done = _proc.run(
+                    ["bpftool", "cgroup", "detach", str(cgroup), attach_type, "id", str(program)],
+                    check=False,
+                )
+                if done.returncode != 0:
+                    errors.append(f"detach BPF program {program}: {done.stderr.strip()}")
+        return errors
 
 
 def _cgroup_pids(root: Path) -> set[int]:

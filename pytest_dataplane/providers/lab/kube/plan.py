@@ -22,6 +22,7 @@ return through the node that translated the request. Nothing of this is in the r
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ CLIENT_GATEWAY = "169.254.1.1"
 DATAPLANES = ("iptables", "nftables", "ipvs", "ebpf")
 # kube-proxy's modes per lab dataplane; ebpf runs no kube-proxy.
 PROXY_MODES = {"iptables": "iptables", "nftables": "nftables", "ipvs": "ipvs"}
+# "auto": the backend the machine's own `iptables` is (its --version says nf_tables or legacy).
+IPTABLES_BACKENDS = ("auto", "legacy", "nft")
+MAX_MIN_SYNC_PERIOD = 30.0  # kube-proxy's sync period: its minimum may not exceed it
+# Where kubeadm publishes kube-proxy's configuration, which existing-cluster tools read.
+KUBE_PROXY_CONFIGMAP = ("kube-system", "kube-proxy", "config.conf")
 # The controllers the lab needs: Deployments roll ReplicaSets, ReplicaSets make pods,
 # EndpointSlices follow ready pods, deletions cascade, namespaces terminate, and every
 # namespace gets its default ServiceAccount. Node IPAM is off (the lab assigns pod CIDRs) and
@@ -322,20 +328,106 @@ def scheduler_args(files: Files) -> list[str]:
     return _component_common("kube-scheduler", files, SCHEDULER_PORT)
 
 
-def proxy_args(plan: KubePlan, files: Files, index: int, mode: str) -> list[str]:
+def check_min_sync_period(value: float | None) -> float | None:
+    """``value`` (seconds, or None for kube-proxy's default) if kube-proxy accepts it as its
+    minimum sync period, else a ValueError naming what is accepted."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_MIN_SYNC_PERIOD
+    ):
+        raise ValueError(
+            f"min_sync_period: {value!r} is not accepted; accepted: None (kube-proxy's "
+            f"default, 1 s) or seconds from 0 to {MAX_MIN_SYNC_PERIOD:g} (its sync period)"
+        )
+    return float(value)
+
+
+def check_iptables_backend(value: str) -> str:
+    """``value`` if it names an iptables backend choice, else a ValueError."""
+    if value not in IPTABLES_BACKENDS:
+        raise ValueError(
+            f"iptables_backend: {value!r} is not accepted; accepted: {', '.join(IPTABLES_BACKENDS)}"
+        )
+    return value
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as a Go duration string (``1s``, ``250ms``, ``0s``) for kube-proxy's flags."""
+    micros = round(seconds * 1_000_000)
+    if micros % 1_000_000 == 0:
+        return f"{micros // 1_000_000}s"
+    if micros % 1000 == 0:
+        return f"{micros // 1000}ms"
+    return f"{micros}us"
+
+
+def iptables_links(backend: str) -> dict[str, str]:
+    """The names kube-proxy runs (``iptables``, ``iptables-restore``...) and the binaries of
+    ``backend`` ("legacy" or "nft") they must stand for, e.g. iptables -> iptables-nft."""
+    if backend not in ("legacy", "nft"):
+        raise ValueError(f"backend: {backend!r} is not accepted; accepted: legacy, nft")
+    links = {}
+    for family in ("iptables", "ip6tables"):
+        for suffix in ("", "-save", "-restore"):
+            links[f"{family}{suffix}"] = f"{family}-{backend}{suffix}"
+    return links
+
+
+def _proxy_flags(files: Files, mode: str, min_sync_period: float | None) -> list[str]:
+    if mode not in PROXY_MODES.values():
+        raise ValueError(
+            f"mode: {mode!r} is not accepted; accepted: {', '.join(PROXY_MODES.values())}"
+        )
+    flags = [f"--kubeconfig={files.components_kubeconfig}", f"--proxy-mode={mode}"]
+    if check_min_sync_period(min_sync_period) is not None:
+        # kube-proxy's own flag (the iptables one serves the nftables mode as well).
+        name = "ipvs" if mode == "ipvs" else "iptables"
+        flags.append(f"--{name}-min-sync-period={go_duration(min_sync_period or 0.0)}")
+    return flags
+
+
+def proxy_config_args(
+    plan: KubePlan,
+    files: Files,
+    mode: str,
+    out: Path,
+    *,
+    min_sync_period: float | None = None,
+) -> list[str]:
+    """kube-proxy's flags (as :func:`proxy_args` gives them, without the node's name) plus
+    ``--write-config-to=out``: kube-proxy writes the KubeProxyConfiguration those flags make
+    and exits. The lab publishes that file as ConfigMap kube-system/kube-proxy.
+
+    kube-proxy runs on flags rather than on ``--config``: a config file cannot say a minimum
+    sync period of 0 (the v1alpha1 defaulting turns 0 into 1 s), the flag can.
+    """
+    args = proxy_args(plan, files, 0, mode, min_sync_period=min_sync_period)
+    kept = [a for a in args if not a.startswith("--hostname-override=")]
+    return [*kept, f"--write-config-to={out}"]
+
+
+def proxy_args(
+    plan: KubePlan,
+    files: Files,
+    index: int,
+    mode: str,
+    *,
+    min_sync_period: float | None = None,
+) -> list[str]:
     """kube-proxy for node ``index``.
 
     Every conntrack knob is 0 ("leave as is"): nf_conntrack_max and the hash size are global
     (writable only from the root namespace), and the lab changes no sysctl there.
     kube-proxy acts on a conntrack setting only when its value is positive.
+    ``min_sync_period`` (seconds) is its ``--iptables-min-sync-period`` (``--ipvs-...`` in ipvs
+    mode); None leaves its default (1 s).
     """
-    if mode not in PROXY_MODES.values():
-        raise ValueError(
-            f"mode: {mode!r} is not accepted; accepted: {', '.join(PROXY_MODES.values())}"
-        )
     return [
-        f"--kubeconfig={files.components_kubeconfig}",
-        f"--proxy-mode={mode}",
+        *_proxy_flags(files, mode, min_sync_period),
         f"--hostname-override={plan.node_name(index)}",
         # NodePorts only on the node's InternalIP (read from its Node object).
         "--nodeport-addresses=primary",
@@ -364,6 +456,31 @@ def agent_argv(python: str, kubeconfig: Path, node_config: Path) -> list[str]:
         "--node-config",
         str(node_config),
     ]
+
+
+def ebpfctl_argv(
+    python: str,
+    *,
+    kubeconfig: Path,
+    cgroup: Path,
+    state_dir: Path,
+    cache_dir: Path | None = None,
+) -> list[str]:
+    """The eBPF controller's command line (see kube/ebpfctl.py)."""
+    argv = [
+        python,
+        "-m",
+        "pytest_dataplane.providers.lab.kube.ebpfctl",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cgroup",
+        str(cgroup),
+        "--state-dir",
+        str(state_dir),
+    ]
+    if cache_dir is not None:
+        argv += ["--cache-dir", str(cache_dir)]
+    return argv
 
 
 def shell_exports(env: Sequence[tuple[str, str]]) -> str:

@@ -21,9 +21,25 @@ def get(
 ) -> tuple[int, bytes]:
     """GET ``url`` from inside ``netns``; returns (status, body), status 0 when the request
     did not get an answer (refused, reset, timed out, TLS failure)."""
+    return send(netns, "GET", url, token=token, ca_file=ca_file, timeout=timeout)
+
+
+def send(
+    netns: str,
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    token: str | None = None,
+    ca_file: str | None = None,
+    timeout: float = 2.0,
+) -> tuple[int, bytes]:
+    """``method`` ``url`` from inside ``netns`` with ``body`` (sent as JSON unless None);
+    returns (status, body) as :func:`get` does."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     path = parts.path + (f"?{parts.query}" if parts.query else "")
+    payload = None if body is None else json.dumps(body).encode()
 
     def request() -> tuple[int, bytes]:
         connection: http.client.HTTPConnection
@@ -40,8 +56,10 @@ def get(
         else:
             connection = http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            connection.request("GET", path or "/", headers=headers)
+            connection.request(method, path or "/", body=payload, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
         except (OSError, http.client.HTTPException):
