@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cleanup.main(prefix=args.prefix, dry_run=args.dry_run)
     if args.command == "compare":
-        from .baseline import main as compare_main
+        from ._compare import main as compare_main
 
         return compare_main(
             args.baseline,

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 from . import _format as fmt
 from . import stats
+from ._format import table
 from .assertions import regression_advice
 from .config import parse_fraction
 
@@ -32,7 +33,6 @@ __all__ = [
     "compare",
     "comparison_lines",
     "fingerprint_differences",
-    "main",
 ]
 
 Status = Literal["ok", "regression", "not compared", "new", "missing"]
@@ -342,8 +342,6 @@ def _status_cell(pair: PairComparison, floor: float) -> str:
 
 def comparison_lines(comparison: Comparison) -> list[str]:
     """The comparison as a table, then the reasons of what was not compared, then notes."""
-    from .report.terminal import table
-
     q = f"p{comparison.quantile:g}"
     confidence = 1 - 2 * comparison.alpha
     headers = (
@@ -403,58 +401,3 @@ def comparison_lines(comparison: Comparison) -> list[str]:
         )
     )
     return lines
-
-
-def main(
-    baseline_path: str,
-    candidate_path: str,
-    *,
-    quantile: float = 95,
-    max_increase: float | str = 0.10,
-    alpha: float = 0.01,
-    force: bool = False,
-    json_output: bool = False,
-) -> int:
-    """``python -m pytest_dataplane compare``: print the comparison of two report files.
-
-    Returns 0 without a regression, 1 with one, 2 when a file or an argument is unusable.
-    """
-    import json
-    import sys
-    from pathlib import Path
-
-    from .report.document import read
-
-    try:
-        baseline = read(Path(baseline_path))
-        candidate = read(Path(candidate_path))
-        comparison = compare(
-            baseline,
-            candidate,
-            quantile=quantile,
-            max_increase=max_increase,
-            alpha=alpha,
-            force=force,
-        )
-    except ValueError as exc:
-        print(f"compare: {exc}", file=sys.stderr)
-        return 2
-    if json_output:
-        print(json.dumps(comparison.to_dict(), indent=1, allow_nan=False))
-    else:
-        print(f"baseline:  {baseline_path} ({_when(baseline)})")
-        print(f"candidate: {candidate_path} ({_when(candidate)})")
-        for line in comparison_lines(comparison):
-            print(line)
-    for mismatch in comparison.mismatches:
-        print(
-            f"warning: not compared, fingerprints differ: {mismatch} (--force compares anyway)",
-            file=sys.stderr,
-        )
-    return 1 if comparison.regressions else 0
-
-
-def _when(document: dict[str, Any]) -> str:
-    environment = document.get("environment") or {}
-    commit = environment.get("git_commit")
-    return f"{environment.get('time', '?')}" + (f", commit {commit[:12]}" if commit else "")

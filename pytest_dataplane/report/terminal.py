@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import _format as fmt
 from .. import stats
+from .._format import table
 from ..config import DATAPLANES
 
 __all__ = ["compact_lines", "order", "summary_lines", "table", "verdict_lines"]
@@ -26,27 +27,6 @@ def order(payloads: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return (p.get("test", ""), rank, p.get("nodeid", ""))
 
     return sorted(payloads, key=key)
-
-
-def table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]
-) -> list[str]:
-    """Rows of cells aligned under ``headers``; ``right[i]`` right-aligns column ``i``."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            cell.rjust(widths[i]) if right[i] else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in rows)
-    return out
 
 
 # --------------------------------------------------------------------------- cells
