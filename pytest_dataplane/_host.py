@@ -56,3 +56,12 @@ def read_mounts(path: str = MOUNTS) -> list[Mount]:
     except OSError:
         return []
     return parse_mounts(text)
+
+
+def cgroup2_mount(path: str = MOUNTS) -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or
+    ``/sys/fs/cgroup/unified`` on hybrid hosts): the first cgroup2 mount, or None."""
+    for mount in read_mounts(path):
+        if mount.fstype == "cgroup2":
+            return mount.target
+    return None

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import Any, Final
 
+from ..errors import DataplaneError
 from ._client import Done, EngineConfig, Target
 from ._outcomes import (
     CONNECT_TIMEOUT,
@@ -377,8 +378,11 @@ class _Exchange:
         self.connection = connection
         connection.exchange = self
         connection.parser.reset()
-        assert connection.transport is not None
-        connection.transport.write(self.client.request)
+        transport = connection.transport
+        if transport is None:
+            # A connection is handed out only after connection_made() set its transport.
+            raise DataplaneError("fast engine: a request was sent on an unconnected connection")
+        transport.write(self.client.request)
 
     def respond(self, status: int, keep_alive: bool) -> None:
         finished = time.monotonic()

@@ -28,13 +28,14 @@ from typing import IO, Any, Final, Protocol
 import numpy as np
 
 from .. import events
+from .._host import NETNS_DIR
 from ..errors import DataplaneError
 from ._client import EngineConfig
 from ._engine import Engine, new_loop
 from ._outcomes import OUTCOMES
 from ._recorder import Recorder
 from ._result import LoadResult
-from ._spec import NETNS_DIR, LoadSpec
+from ._spec import LoadSpec
 from ._wire import RowBuffer, decode_rows, read_frame
 
 __all__ = ["Launch"]
@@ -127,10 +128,11 @@ class _ProcessWorker:
 
     def _read(self) -> None:
         stream = self.process.stdout
-        assert stream is not None
         try:
+            if stream is None:
+                raise DataplaneError("the worker was started without a pipe on its stdout")
             while True:
-                frame = read_frame(stream)  # type: ignore[arg-type]
+                frame = read_frame(stream)
                 if frame is None:
                     break
                 kind, payload = frame
@@ -420,7 +422,8 @@ class Launch:
 
     def _build(self, summaries: list[dict[str, Any]], label: str) -> LoadResult:
         spec = self.spec
-        assert self.t0 is not None
+        if self.t0 is None:
+            raise DataplaneError("the load run was not started")
         duration = spec.duration
         if self.stopped_at is not None:
             duration = min(duration, max(self.stopped_at - self.t0, 0.0))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .._host import NETNS_DIR, cgroup2_mount
 from ..config import parse_duration, parse_rate
 from ..errors import DataplaneUnavailable
 from ._client import EngineConfig
@@ -23,15 +24,12 @@ __all__ = [
     "CONNECTIONS",
     "DEFAULT_CONCURRENCY",
     "ENGINES",
-    "NETNS_DIR",
     "LoadSpec",
-    "cgroup2_mount",
     "resolve_cgroup",
 ]
 
 ENGINES: Final = ("httpx", "fast")
 CONNECTIONS: Final = ("per-request", "pooled")
-NETNS_DIR: Final = "/run/netns"
 DEFAULT_CONCURRENCY: Final = 10
 #: Outstanding requests at most, per engine, when ``max_in_flight`` is not given. httpx's
 #: connection pool does work proportional to its connections on every request, so an
@@ -71,20 +69,6 @@ def _url(value: object) -> str:
     except ValueError as exc:
         raise ValueError(f"url: {value!r} has a bad port ({exc}); accepted: {accepted}") from None
     return value
-
-
-def cgroup2_mount(mounts: str = "/proc/mounts") -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or
-    ``/sys/fs/cgroup/unified`` on hybrid hosts), or None."""
-    try:
-        with open(mounts, encoding="utf-8") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 3 and fields[2] == "cgroup2":
-                    return fields[1].replace("\\040", " ")
-    except OSError:
-        return None
-    return None
 
 
 def resolve_cgroup(value: str, *, mount: str | None = None) -> tuple[str, str]:

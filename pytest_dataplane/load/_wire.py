@@ -21,7 +21,7 @@ import json
 import math
 import struct
 from collections.abc import Callable
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, Final
 
 __all__ = ["HEADER", "RowBuffer", "decode_rows", "encode_frame", "read_frame"]
 
@@ -121,7 +121,7 @@ def decode_rows(payload: bytes) -> tuple[Any, Any, Any, Any]:
     return send, latency, lag, outcome
 
 
-def read_frame(stream: BinaryIO) -> tuple[bytes, bytes] | None:
+def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
     """The next ``(kind, payload)`` of ``stream``, or None at a clean end of stream.
 
     A stream cut inside a frame raises EOFError (the worker died mid-write).
@@ -136,7 +136,7 @@ def read_frame(stream: BinaryIO) -> tuple[bytes, bytes] | None:
     return kind, payload
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
     chunks: list[bytes] = []
     missing = n
     while missing:

@@ -28,6 +28,7 @@ import sys
 import traceback
 from typing import Any, Final
 
+from .._host import NETNS_DIR
 from ._client import EngineConfig
 from ._engine import Engine, new_loop
 from ._timer import reduce_timer_slack
@@ -35,7 +36,6 @@ from ._wire import RowBuffer, encode_frame, encode_json, encode_rows
 
 _CLONE_NEWNET: Final = 0x40000000
 _F_SETPIPE_SZ: Final = 1031
-NETNS_DIR: Final = "/run/netns"
 
 
 class _Output:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dataplane._host import cgroup2_mount
 from pytest_dataplane.errors import DataplaneError
 from pytest_dataplane.load import LoadFactory, run
-from pytest_dataplane.load._spec import cgroup2_mount
 
 SERVER = Path(__file__).with_name("dpt_load_server.py")
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from pytest_dataplane._host import cgroup2_mount
 from pytest_dataplane.load import run
-from pytest_dataplane.load._spec import LoadSpec, cgroup2_mount, resolve_cgroup
+from pytest_dataplane.load._spec import LoadSpec, resolve_cgroup
 
 URL = "http://127.0.0.1:9/"
 
@@ -102,13 +103,3 @@ def test_cgroup_given_as_directory_or_as_hierarchy_path(tmp_path: Any) -> None:
         resolve_cgroup(str(tmp_path), mount=str(root))  # outside the hierarchy
     with pytest.raises(ValueError, match="not a cgroup v2 directory under"):
         resolve_cgroup("/a/../../etc", mount=str(root))
-
-
-def test_cgroup2_mount_is_read_from_the_mount_table(tmp_path: Any) -> None:
-    table = tmp_path / "mounts"
-    table.write_text(
-        "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
-    )
-    assert cgroup2_mount(str(table)) == "/sys/fs/cgroup/unified"
-    table.write_text("proc /proc proc rw 0 0\n")
-    assert cgroup2_mount(str(table)) is None

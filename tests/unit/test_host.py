@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_dataplane._host import Mount, parse_mounts, read_mounts, unescape
+from pytest_dataplane._host import Mount, cgroup2_mount, parse_mounts, read_mounts, unescape
 
 
 def test_unescape_decodes_the_four_characters_the_kernel_escapes() -> None:
@@ -40,3 +40,16 @@ def test_read_mounts_reads_a_table_and_copes_with_a_missing_one(tmp_path: Path) 
 
 def test_read_mounts_sees_this_machines_root() -> None:
     assert any(mount.target == "/" for mount in read_mounts())
+
+
+def test_cgroup2_mount_is_read_from_the_mount_table(tmp_path: Path) -> None:
+    table = tmp_path / "mounts"
+    table.write_text(
+        "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
+    assert cgroup2_mount(str(table)) == "/sys/fs/cgroup/unified"
+    # The first cgroup2 line wins, its target unescaped like every other field.
+    table.write_text("cgroup2 /run/a\\040b cgroup2 rw 0 0\ncgroup2 /x cgroup2 rw 0 0\n")
+    assert cgroup2_mount(str(table)) == "/run/a b"
+    table.write_text("proc /proc proc rw 0 0\n")
+    assert cgroup2_mount(str(table)) is None
