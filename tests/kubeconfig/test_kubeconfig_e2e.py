@@ -1,13 +1,32 @@
-"""The story against an existing cluster (the ``kubeconfig`` marker): runs when
-``DATAPLANE_E2E_KUBECONFIG`` names a kubeconfig (``DATAPLANE_E2E_CONTEXT`` a context), and
-is skipped with that instruction otherwise."""
+"""The story against an existing cluster (the ``kubeconfig`` marker), run as a user runs it:
+``pytest --dataplane-provider=kubeconfig`` in a subprocess.
+
+The cluster is the user's own when ``DATAPLANE_E2E_KUBECONFIG`` names a kubeconfig
+(``DATAPLANE_E2E_CONTEXT`` a context); the subprocess then runs here, where that kubeconfig
+works. Otherwise it is a lab cluster booted for this module (real etcd, API server,
+controllers and kube-proxy in iptables mode, one node; see
+:mod:`pytest_dataplane.providers.lab.kube.lab`), and the subprocess runs inside the lab's
+client network namespace, in a cgroup under the lab's: NodePorts on the node's address are
+reachable from there, the root namespace stays untouched, and stopping the lab (or
+``python -m pytest_dataplane cleanup`` after a SIGKILL) ends the subprocess with everything
+else the lab made.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from pytest_dataplane.errors import DataplaneError
 
 pytestmark = pytest.mark.kubeconfig
 
@@ -16,33 +35,117 @@ from pytest_dataplane import assert_error_rate_below, assert_p95_below
 
 def test_rollout_under_load(dataplane, load):
     backend = dataplane.deploy("backend", replicas=3)
-    with load(backend, rate=100, duration="20s") as run:
+    with load(backend, rate=100, duration="{duration}") as run:
         backend.scale(6)
         backend.rollout()
     assert_error_rate_below(run.result, 0.01)
     assert_p95_below(run.result, "200ms")
 """
+# Long enough on an existing cluster for a rollout of six pods to finish inside the load; a
+# lab pod starts in well under a second, so 8 s leave the lab's rollout room on a busy CI
+# machine while keeping this test short.
+OWN_CLUSTER_DURATION = "20s"
+LAB_DURATION = "8s"
+STORY_TIMEOUT = 300.0  # seconds: a hung story fails the test instead of hanging CI
+TERMINATED = re.compile(r"^(?P<summary>=+ .*(passed|failed|skipped|error).* in [\d.]+s.*=+)$")
 
 
-def test_story_on_an_existing_cluster(pytester: pytest.Pytester) -> None:
-    kubeconfig = os.environ.get("DATAPLANE_E2E_KUBECONFIG")
-    if not kubeconfig or not Path(kubeconfig).is_file():
-        pytest.skip(
-            "no existing cluster configured: set DATAPLANE_E2E_KUBECONFIG=<kubeconfig> (and "
-            "DATAPLANE_E2E_CONTEXT) to run the story against it"
-        )
-    pytester.makepyfile(STORY)
+@dataclass(frozen=True)
+class Target:
+    """Where the story runs: the kubeconfig, its context, and for a lab cluster the client
+    namespace and the cgroup the subprocess joins."""
+
+    kubeconfig: Path
+    context: str | None = None
+    lab: object | None = None
+
+
+def _lab_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the lab cluster needs root to create network namespaces")
+    from pytest_dataplane.providers.lab.kubebin import locate
+
+    try:
+        locate(os.environ.get("DATAPLANE_KUBE_BIN") or None)
+    except DataplaneError as exc:
+        pytest.skip(f"Kubernetes binaries not built: {exc}")
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    own = os.environ.get("DATAPLANE_E2E_KUBECONFIG")
+    if own:
+        if not Path(own).is_file():
+            pytest.fail(f"DATAPLANE_E2E_KUBECONFIG={own!r} is not a file")
+        yield Target(Path(own), os.environ.get("DATAPLANE_E2E_CONTEXT") or None)
+        return
+    _lab_or_skip()
+    from pytest_dataplane.providers.lab.kube.lab import KubeLab
+
+    with KubeLab(dataplane="iptables", nodes=1, tag="kcfg") as lab:
+        # The components' kubeconfig names the API server by its control-plane address,
+        # which the client namespace routes to (through node 0); the admin kubeconfig's
+        # 127.0.0.1 forwarder lives in the root namespace and is not reachable from there.
+        yield Target(lab.components_kubeconfig, lab=lab)
+
+
+def _story_argv(target: Target, duration: str) -> list[str]:
     args = [
         "--dataplane-provider=kubeconfig",
-        f"--dataplane-kubeconfig={kubeconfig}",
+        f"--dataplane-kubeconfig={target.kubeconfig}",
         "--dataplane=all",
         "-p",
         "no:cacheprovider",
         "-rs",
     ]
-    if os.environ.get("DATAPLANE_E2E_CONTEXT"):
-        args.append(f"--dataplane-context={os.environ['DATAPLANE_E2E_CONTEXT']}")
-    result = pytester.runpytest_subprocess(*args, timeout=1800)
+    if target.context:
+        args.append(f"--dataplane-context={target.context}")
+    return args
+
+
+def _run_in_lab(lab: object, directory: Path, args: list[str]) -> pytest.RunResult:
+    """Run pytest on ``directory`` in the lab's client namespace and a cgroup of the lab's."""
+    from pytest_dataplane.providers.lab.kube.lab import KubeLab
+    from pytest_dataplane.providers.lab.kube.process import Process
+
+    if not isinstance(lab, KubeLab):
+        raise TypeError(f"not a KubeLab: {lab!r}")
+    log = directory / "story.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KUBECONFIG"))}
+    process = Process(
+        "e2e-story",
+        [sys.executable, "-m", "pytest", str(directory), "--rootdir", str(directory), *args],
+        netns=lab.client_netns,
+        log_path=log,
+        # Under the lab's cgroup: lab.stop() and `cleanup` kill whatever is left in it.
+        cgroup=None if lab.cgroup is None else lab.cgroup / "e2e-story",
+        env=env,
+        deathsig=signal.SIGKILL,
+    )
+    began = time.monotonic()
+    process.start()
+    if process.popen is None:
+        raise DataplaneError("the story's pytest did not start")
+    try:
+        returncode = process.popen.wait(STORY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.signal(signal.SIGKILL)
+        process.popen.wait()
+        pytest.fail(f"the story did not finish in {STORY_TIMEOUT:g} s:\n{process.tail(200)}")
+    duration = time.monotonic() - began
+    lines = log.read_text(errors="replace").splitlines()
+    return pytest.RunResult(returncode, lines, [], duration)
+
+
+def test_story_on_an_existing_cluster(target: Target, pytester: pytest.Pytester) -> None:
+    duration = LAB_DURATION if target.lab is not None else OWN_CLUSTER_DURATION
+    pytester.makepyfile(test_story=STORY.format(duration=duration))
+    args = _story_argv(target, duration)
+    if target.lab is not None:
+        result = _run_in_lab(target.lab, pytester.path, args)
+    else:
+        result = pytester.runpytest_subprocess(*args, timeout=1800)
+    print("\n".join(result.outlines[-40:]))
     # One dataplane is detected and runs; the three others are skipped with what was found.
     result.assert_outcomes(passed=1, skipped=3)
     assert result.stdout.str().count("the cluster runs") == 3

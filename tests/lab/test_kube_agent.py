@@ -26,9 +26,11 @@ from pytest_dataplane.providers.lab.kube.agent import (
     PodConfigError,
     StopSchedule,
     Terminated,
+    image_ref,
     image_version,
     lease_body,
     lift_not_ready_taint,
+    netexec_args,
     node_body,
     plan_container,
     pod_grace,
@@ -118,17 +120,21 @@ def test_pod_netns_names_start_with_the_session_prefix_and_keep_pods_apart() -> 
         ("docker.io/library/backend:2.0.1-rc_1", "2.0.1-rc_1"),
         ("backend", "latest"),
         ("localhost:5000/backend", "latest"),
+        ("registry.k8s.io/e2e-test-images/agnhost:2.53", "2.53"),
+        ("agnhost", "latest"),
     ],
 )
 def test_image_selects_the_backend_version(image: str, version: str) -> None:
     assert image_version(image) == version
+    assert image_ref(image) == (image.rpartition("/")[2].partition(":")[0], version)
 
 
 @pytest.mark.parametrize(
     ("image", "reason"),
     [
         ("nginx:1.27", "ErrImagePull"),
-        ("registry.k8s.io/e2e-test-images/agnhost:2.52", "ErrImagePull"),
+        ("registry.k8s.io/e2e-test-images/busybox:1.36.1-1", "ErrImagePull"),
+        ("agnhost:2.53@sha256:" + "0" * 64, "ErrImagePull"),
         ("backend:v1@sha256:" + "0" * 64, "ErrImagePull"),
         ("backend:-bad", "ErrImagePull"),
         ("mybackend:v1", "ErrImagePull"),
@@ -136,7 +142,7 @@ def test_image_selects_the_backend_version(image: str, version: str) -> None:
     ],
 )
 def test_unknown_images_fail_naming_the_accepted_form(image: str, reason: str) -> None:
-    with pytest.raises(PodConfigError, match=r"accepted: backend:<version>") as caught:
+    with pytest.raises(PodConfigError, match=r"accepted: backend:<version>.* or agnhost") as caught:
         image_version(image)
     assert caught.value.reason == reason
     assert repr(image) in str(caught.value)
@@ -222,6 +228,90 @@ def test_plan_refuses_what_the_backend_cannot_do(
     with pytest.raises(PodConfigError, match=message) as caught:
         plan_container({"name": "c", "image": "backend:v1", **container})
     assert caught.value.reason == reason
+
+
+AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+
+
+def test_plan_of_the_agnhost_netexec_container_the_kubernetes_providers_deploy() -> None:
+    # What providers/k8s/resources.py deployment() writes for netexec, and its readiness probe.
+    container = {
+        "name": "backend",
+        "image": AGNHOST,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=1"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/hostname", "port": 8080}},
+    }
+    plan = plan_container(container)
+    assert (plan.version, plan.port, plan.shutdown_delay) == ("2.53", 8080, 1.0)
+    assert plan.service_time is None and plan.prestop_sleep is None
+    argv = plan.argv("backend-abc", 7)
+    assert argv[argv.index("--port") + 1] == "8080"
+    assert argv[argv.index("--version") + 1] == "2.53"
+    # The image's entrypoint named as the command is the same program; the port comes from
+    # --http-port even where the container declares none, netexec's default is 8080.
+    same = plan_container(
+        {
+            "name": "b",
+            "image": AGNHOST,
+            "command": ["/agnhost", "netexec", "--http-port", "9000"],
+            "env": [{"name": "SERVICE_TIME", "value": "2ms"}],
+        }
+    )
+    assert (same.port, same.shutdown_delay, same.service_time) == (9000, 0.0, "2ms")
+    assert plan_container({"name": "b", "image": AGNHOST, "args": ["netexec"]}).port == 8080
+
+
+@pytest.mark.parametrize(
+    ("container", "reason", "message"),
+    [
+        ({"args": []}, "RunContainerError", r"\(no subcommand\) cannot run: .*netexec only"),
+        ({"args": ["pause"]}, "RunContainerError", "agnhost pause cannot run"),
+        (
+            {"command": ["sh", "-c", "agnhost netexec"]},
+            "RunContainerError",
+            "command .* cannot run: the lab runs agnhost's netexec only",
+        ),
+        (
+            {"args": ["netexec", "--udp-port=8081"]},
+            "CreateContainerConfigError",
+            "--udp-port '8081' is not accepted: the lab backend serves HTTP only; "
+            "accepted: --udp-port=-1",
+        ),
+        (
+            {"args": ["netexec", "--http-port=0"]},
+            "CreateContainerConfigError",
+            "--http-port '0' is not accepted; accepted: 1 to 65535",
+        ),
+        (
+            {"args": ["netexec", "--delay-shutdown=soon"]},
+            "CreateContainerConfigError",
+            "--delay-shutdown 'soon' is not accepted; accepted: seconds >= 0",
+        ),
+        ({"args": ["netexec", "--http-port"]}, "CreateContainerConfigError", "needs a value"),
+        (
+            {"args": ["netexec", "--tls-cert-file=/c"]},
+            "CreateContainerConfigError",
+            "'--tls-cert-file=/c' is not accepted by the lab backend; accepted: netexec "
+            "followed by --http-port",
+        ),
+    ],
+)
+def test_agnhost_runs_netexec_only_with_what_the_backend_can_do(
+    container: dict[str, Any], reason: str, message: str
+) -> None:
+    with pytest.raises(PodConfigError, match=message) as caught:
+        plan_container({"name": "c", "image": AGNHOST, **container})
+    assert caught.value.reason == reason
+
+
+def test_netexec_args_give_port_and_shutdown_delay() -> None:
+    assert netexec_args("c", ["netexec"]) == (8080, 0.0)
+    assert netexec_args("c", ["netexec", "--delay-shutdown", "2.5", "--sctp-port=-1"]) == (
+        8080,
+        2.5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -334,6 +424,23 @@ def test_grace_comes_from_the_deletion_then_the_spec(pod: dict[str, Any], grace:
 )
 def test_stop_schedule(grace: float, prestop: float | None, schedule: StopSchedule) -> None:
     assert stop_schedule(grace, prestop) == schedule
+
+
+@pytest.mark.parametrize(
+    ("grace", "prestop", "delay", "schedule"),
+    [
+        # netexec --delay-shutdown=1 with the grace deployment() gives (1 s + 5): it serves
+        # 1 s after SIGTERM and exits, so the backend stops at 1 s, SIGKILL at the grace.
+        (6.0, None, 1.0, StopSchedule(1.0, 6.0)),
+        (6.0, None, 0.0, StopSchedule(0.0, 6.0)),  # plain netexec exits on SIGTERM
+        (30.0, 2.0, 3.0, StopSchedule(5.0, 30.0)),  # the hook first, then the delay
+        (2.0, None, 10.0, StopSchedule(2.0, 4.0)),  # cut at the grace period
+    ],
+)
+def test_stop_schedule_with_an_applications_shutdown_delay(
+    grace: float, prestop: float | None, delay: float, schedule: StopSchedule
+) -> None:
+    assert stop_schedule(grace, prestop, delay) == schedule
 
 
 def test_restart_back_off_is_the_kubelets() -> None:
@@ -977,12 +1084,12 @@ def _get(url_ip: str, netns: str) -> dict[str, str]:
 
 PROBER = r"""
 import socket, sys, time
-ip = sys.argv[1]
+ip, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 while True:
     started = time.monotonic()
     try:
-        with socket.create_connection((ip, 80), timeout=0.5) as conn:
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with socket.create_connection((ip, port), timeout=0.5) as conn:
+            conn.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
             data = b""
             while chunk := conn.recv(4096):
                 data += chunk
@@ -997,11 +1104,20 @@ while True:
 class Prober(Waitable):
     """Requests to one pod, a new connection each, from the node namespace: (time, result)."""
 
-    def __init__(self, netns: str, ip: str) -> None:
+    def __init__(self, netns: str, ip: str, port: int = 80, path: str = "/") -> None:
         super().__init__()
         self.results: list[tuple[float, str]] = []
         self._process = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", PROBER, ip],
+            [
+                "nsenter",
+                f"--net=/run/netns/{netns}",
+                sys.executable,
+                "-c",
+                PROBER,
+                ip,
+                str(port),
+                path,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -1172,6 +1288,63 @@ def test_a_deleted_pod_serves_through_its_grace_then_goes(lab: Any, namespace: s
     after = [r for t, r in results if t > last]
     assert after and "ok" not in after, results[-10:]
     print(f"served {last - deleting:.2f} s after the deletion (grace 2 s); then {after[:3]}")
+
+
+def test_agnhost_netexec_runs_as_the_backend_and_keeps_its_delay_shutdown(
+    lab: Any, namespace: str
+) -> None:
+    # The container the kind and kubeconfig providers deploy (providers/k8s/resources.py):
+    # agnhost netexec on 8080, ready on /hostname, serving a while after SIGTERM (3 s here,
+    # wide enough to tell apart from stopping at once on a loaded machine).
+    manifest = _pod_manifest(
+        "netexec",
+        namespace,
+        image="registry.k8s.io/e2e-test-images/agnhost:2.53",
+        terminationGracePeriodSeconds=30,
+        container={
+            "args": ["netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=3"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/hostname", "port": 8080}},
+        },
+    )
+    pods = Recorder(lab.kubeconfig, "list_namespaced_pod", namespace)
+    prober = None
+    try:
+        kubectl(lab, "apply", "-f", "-", stdin=manifest)
+        pod = pods.wait(
+            lambda ev: (
+                _latest(ev).get("netexec") if _ready(_latest(ev).get("netexec") or {}) else None
+            ),
+            "netexec Ready",
+        )
+        [status] = pod["status"]["containerStatuses"]
+        assert status["imageID"] == "lab://agnhost:2.53"
+        prober = Prober(lab.node_netns(0), pod["status"]["podIP"], 8080, "/hostname")
+        prober.wait_until(lambda: any(r == "ok" for _, r in prober.results), "an answer")
+        kubectl(lab, "-n", namespace, "delete", "pod", "netexec", "--wait=false")
+        deleting = pods.wait(
+            lambda ev: next((t for t, k, p in ev if p["metadata"].get("deletionTimestamp")), None),
+            "the deletion seen",
+        )
+        # Gone long before its 30 s grace: netexec exits after its delay, and so does the lab.
+        gone = pods.wait(lambda ev: next((t for t, k, _ in ev if k == "DELETED"), None), "gone")
+    finally:
+        pods.close()
+        if prober is not None:
+            prober.close()
+    answers = [t for t, r in prober.results if r == "ok"]
+    served_after = [t - deleting for t in answers if t > deleting]
+    assert served_after, prober.results[-10:]
+    # It served on through most of its 3 s delay (this recorder and the agent see the
+    # deletion at about the same time), stopped before the Pod was gone, and nothing
+    # answered after; the Pod went long before its 30 s grace (the lab backend's default
+    # without a delay is to serve through the grace).
+    last = max(answers)
+    assert max(served_after) > 1.5, served_after[-5:]
+    assert last < gone
+    assert "ok" not in [r for t, r in prober.results if t > last]
+    assert gone - deleting < 25.0
+    print(f"netexec --delay-shutdown=3: served {max(served_after):.2f} s after the deletion")
 
 
 def test_a_prestop_sleep_holds_the_pod_then_it_stops(lab: Any, namespace: str) -> None:

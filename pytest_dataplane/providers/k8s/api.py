@@ -15,13 +15,38 @@ from typing import Any, Protocol
 
 from ...errors import DataplaneError
 
-__all__ = ["ExecResult", "KubeApi", "KubernetesApi", "NotFound"]
+__all__ = ["ExecResult", "KubeApi", "KubernetesApi", "NotFound", "api_error"]
 
 FIELD_MANAGER = "pytest-dataplane"
 
 
 class NotFound(DataplaneError):
     """The object asked for does not exist."""
+
+
+def api_error(exc: BaseException) -> tuple[int | None, str]:
+    """``(HTTP status, message)`` of an error the API server answered: the message of its
+    ``Status`` body (``DaemonSet.apps "x" is invalid: ...: Forbidden: disallowed by cluster
+    policy``) rather than the client's multi-line dump of headers and body; for any other
+    error, ``(None, "<type>: <text>")``."""
+    import json
+
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None)
+    message = ""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if isinstance(body, str) and body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            message = str(parsed.get("message") or "")
+    if not message:
+        text = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return (int(status) if isinstance(status, int) else None), message
 
 
 @dataclass(frozen=True)

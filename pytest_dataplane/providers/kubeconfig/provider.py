@@ -21,7 +21,7 @@ from ..k8s.dataplane import DataplanePods
 from ..k8s.resources import AGNHOST_IMAGE
 from ..k8s.traffic import LoadBalancerPath, NodePortPath, TrafficPath
 from ..k8s.versions import Version
-from .agent import AGENT_IMAGE, AgentNodes, agent_daemonset
+from .agent import AGENT_IMAGE, AgentNodes, NodeAccessUnavailable, start_agent
 from .detect import Detection, detect
 from .session import new_session, session_namespace
 
@@ -78,6 +78,7 @@ class KubeconfigProvider:
         self._api_error: str | None = None
         self._detection: Detection | None = None
         self._agent: AgentNodes | None = None
+        self._node_access_problem: str | None = None
         self._namespace: str | None = None
         self._clusters: list[KubeCluster] = []
         self._lock = threading.RLock()
@@ -202,13 +203,14 @@ class KubeconfigProvider:
                 api.create(obj)
                 self._namespace = obj["metadata"]["name"]
                 if self.node_access:
-                    api.create(
-                        agent_daemonset(
-                            self._namespace, session=self.session, image=self.node_image
+                    try:
+                        self._agent = start_agent(
+                            api, self._namespace, session=self.session, image=self.node_image
                         )
-                    )
-                    self._agent = AgentNodes(api, self._namespace)
-                    self._agent.wait_ready()
+                    except NodeAccessUnavailable as exc:
+                        # Not a failure of the run: what needs node access skips, saying why.
+                        self._node_access_problem = f"--dataplane-node-access was given, but {exc}"
+                        log.warning("kubeconfig: no node access: %s", exc)
             return self._agent
 
     def _traffic(self) -> TrafficPath:
@@ -237,11 +239,13 @@ class KubeconfigProvider:
         if self._namespace is None:
             raise DataplaneError("kubeconfig: the session's namespace was not created")
         found = self.detection()
-        facts = {
+        facts: dict[str, Any] = {
             "context": self.context or "(current)",
             "detected": found.source,
-            "node_access": self.node_access,
+            "node_access": agent is not None,
         }
+        if self._node_access_problem:
+            facts["node_access_unavailable"] = self._node_access_problem
         if found.cilium_version:
             facts["cilium"] = found.cilium_version
         if found.kube_proxy_mode:
@@ -262,7 +266,7 @@ class KubeconfigProvider:
             traffic=self._traffic(),
             dataplane_pods=DataplanePods.for_dataplane(dataplane, cli),
             node_access=agent,
-            node_access_reason=NODE_ACCESS_HINT,
+            node_access_reason=self._node_access_problem or NODE_ACCESS_HINT,
             background_refusal=None if self.allow_background else BACKGROUND_REFUSAL,
             restrict_apply_to_namespace=True,
             facts=facts,

@@ -10,7 +10,11 @@ PATH`` (the control plane starts one per node, in that node's network namespace)
 - runs each pod in a network namespace of its own on the node's bridge, with an address from
   the node's pod CIDR, each container as the lab backend process
   (:mod:`pytest_dataplane.providers.lab.backend`), whose version label comes from the image
-  (``backend:v2`` answers ``X-Version: v2``); the pod is Ready once every backend listens
+  (``backend:v2`` answers ``X-Version: v2``); the Kubernetes e2e image ``agnhost`` running
+  ``netexec`` (what the kind and kubeconfig providers deploy) runs as the same backend, which
+  answers ``/hostname`` and every other path with the pod's name, as netexec's ``/hostname``
+  does, on netexec's ``--http-port``, keeping netexec's ``--delay-shutdown``; the pod is
+  Ready once every backend listens
   (each prints ``READY`` on its stdout when its socket accepts connections); two spare
   backends wait ready-imported (``backend --spare``), so a pod does not wait for an
   interpreter to start;
@@ -61,10 +65,12 @@ __all__ = [
     "PodAddresses",
     "PodConfigError",
     "StopSchedule",
+    "image_ref",
     "image_version",
     "lease_body",
     "lift_not_ready_taint",
     "main",
+    "netexec_args",
     "node_body",
     "node_status",
     "plan_container",
@@ -90,11 +96,19 @@ BACKOFF_FIRST: Final = 10.0
 BACKOFF_MAX: Final = 300.0
 BACKOFF_RESET: Final = 600.0  # a container running this long starts a fresh back-off
 IMAGE_NAME: Final = "backend"
+AGNHOST_NAME: Final = "agnhost"
 ACCEPTED_IMAGES: Final = (
-    "backend:<version> (e.g. backend:v1, answering X-Version: v1), optionally behind a "
+    "backend:<version> (e.g. backend:v1, answering X-Version: v1) or agnhost:<version> "
+    "running netexec (registry.k8s.io/e2e-test-images/agnhost:2.53), optionally behind a "
     "registry path (registry.local/lab/backend:v2); no tag means :latest"
 )
 ACCEPTED_ARGS: Final = "--service-time SPEC, --seed N, --drain SECONDS"
+ACCEPTED_NETEXEC_ARGS: Final = (
+    "netexec followed by --http-port=N, --delay-shutdown=SECONDS, --udp-port=-1, "
+    "--sctp-port=-1 (the lab backend serves HTTP only)"
+)
+NETEXEC_PORT: Final = 8080  # netexec's default --http-port
+_AGNHOST_COMMANDS: Final = (["/agnhost"], ["agnhost"])
 CONTAINER_ID_SCHEME: Final = "lab"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _PREFIX_RE = re.compile(r"^[a-z0-9]{1,10}$")
@@ -211,12 +225,19 @@ class PodConfigError(DataplaneError):
 
 
 def image_version(image: str) -> str:
-    """The backend version an image selects: ``backend:v2`` -> ``"v2"``.
+    """The backend version an image selects: ``backend:v2`` -> ``"v2"``,
+    ``registry.k8s.io/e2e-test-images/agnhost:2.53`` -> ``"2.53"``.
 
-    Any registry path in front of ``backend`` is accepted; no tag means ``latest``, as for a
-    container runtime. Anything else raises :class:`PodConfigError` (``ErrImagePull``): the
-    lab has no images, only its backend.
+    Any registry path in front of ``backend`` or ``agnhost`` is accepted; no tag means
+    ``latest``, as for a container runtime. Anything else raises :class:`PodConfigError`
+    (``ErrImagePull``): the lab has no images, only its backend.
     """
+    return image_ref(image)[1]
+
+
+def image_ref(image: str) -> tuple[str, str]:
+    """``(name, version)`` of a lab image: name ``backend`` or ``agnhost``; raises
+    :class:`PodConfigError` as :func:`image_version` does."""
     ref = image.strip() if isinstance(image, str) else ""
     if not ref:
         raise PodConfigError(
@@ -230,13 +251,14 @@ def image_version(image: str) -> str:
     slash = ref.rfind("/")
     colon = ref.rfind(":")
     repository, tag = (ref[:colon], ref[colon + 1 :]) if colon > slash else (ref, "latest")
-    if repository.rsplit("/", 1)[-1] != IMAGE_NAME or not _TAG_RE.match(tag):
+    name = repository.rsplit("/", 1)[-1]
+    if name not in (IMAGE_NAME, AGNHOST_NAME) or not _TAG_RE.match(tag):
         raise PodConfigError(
             "ErrImagePull",
             f"image {image!r} is not a lab image (the lab runs only its HTTP backend); "
             f"accepted: {ACCEPTED_IMAGES}",
         )
-    return tag
+    return name, tag
 
 
 @dataclass(frozen=True)
@@ -252,6 +274,10 @@ class ContainerPlan:
     drain: float | None = None
     prestop_sleep: float | None = None  # seconds of a preStop sleep hook
     prestop_unsupported: str | None = None  # a preStop hook the lab cannot run, described
+    # Seconds the application keeps serving after SIGTERM (netexec's --delay-shutdown; 0 for
+    # netexec without it, which exits on SIGTERM). None: the lab backend's own behaviour,
+    # an application serving through its grace period.
+    shutdown_delay: float | None = None
 
     def argv(self, pod_name: str, parent: int) -> list[str]:
         """The backend's command line (without the namespace entry)."""
@@ -296,6 +322,66 @@ def _container_port(container: Mapping[str, Any]) -> int:
         if (port.get("protocol") or "TCP") == "TCP" and port.get("containerPort"):
             return int(port["containerPort"])
     return DEFAULT_PORT
+
+
+def _seconds_arg(name: str, flag: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PodConfigError(
+            "CreateContainerConfigError",
+            f"container {name}: {flag} {value!r} is not accepted; accepted: seconds >= 0",
+        )
+    return seconds
+
+
+def netexec_args(name: str, words: Sequence[Any]) -> tuple[int, float]:
+    """``(http port, shutdown delay)`` of an ``agnhost netexec`` command line (``words``
+    without ``/agnhost``); :class:`PodConfigError` names what the lab cannot serve."""
+    tokens = [str(w) for w in words]
+    if not tokens or tokens[0] != "netexec":
+        raise PodConfigError(
+            "RunContainerError",
+            f"container {name}: agnhost {' '.join(tokens) or '(no subcommand)'!s} cannot run: "
+            f"the lab runs agnhost's netexec only; accepted: {ACCEPTED_NETEXEC_ARGS}",
+        )
+    port, delay = NETEXEC_PORT, 0.0
+    i = 1
+    while i < len(tokens):
+        key, has_value, value = tokens[i].partition("=")
+        if key not in ("--http-port", "--delay-shutdown", "--udp-port", "--sctp-port"):
+            raise PodConfigError(
+                "CreateContainerConfigError",
+                f"container {name}: netexec argument {tokens[i]!r} is not accepted by the lab "
+                f"backend; accepted: {ACCEPTED_NETEXEC_ARGS}",
+            )
+        if not has_value:
+            if i + 1 >= len(tokens):
+                raise PodConfigError(
+                    "CreateContainerConfigError", f"container {name}: {key} needs a value"
+                )
+            i += 1
+            value = tokens[i]
+        if key == "--http-port":
+            if not value.isdigit() or not 1 <= int(value) <= 65535:
+                raise PodConfigError(
+                    "CreateContainerConfigError",
+                    f"container {name}: --http-port {value!r} is not accepted; accepted: 1 "
+                    "to 65535",
+                )
+            port = int(value)
+        elif key == "--delay-shutdown":
+            delay = _seconds_arg(name, key, value)
+        elif value != "-1":
+            raise PodConfigError(
+                "CreateContainerConfigError",
+                f"container {name}: {key} {value!r} is not accepted: the lab backend serves "
+                f"HTTP only; accepted: {key}=-1",
+            )
+        i += 1
+    return port, delay
 
 
 def _backend_args(name: str, args: Sequence[Any]) -> dict[str, str]:
@@ -355,14 +441,29 @@ def plan_container(container: Mapping[str, Any]) -> ContainerPlan:
     cannot (the message names the value and what is accepted)."""
     name = str(container.get("name") or "")
     image = str(container.get("image") or "")
-    version = image_version(image)
-    if container.get("command"):
-        raise PodConfigError(
-            "RunContainerError",
-            f"container {name}: command {container['command']!r} cannot run: the lab image "
-            f"runs only the lab backend; leave command unset and pass {ACCEPTED_ARGS} as args",
-        )
-    options = _backend_args(name, container.get("args") or [])
+    kind, version = image_ref(image)
+    command = [str(c) for c in container.get("command") or []]
+    port: int | None = None
+    shutdown_delay: float | None = None
+    if kind == AGNHOST_NAME:
+        # agnhost's entrypoint is /agnhost; a command naming it is the same program.
+        if command and command[:1] not in _AGNHOST_COMMANDS:
+            raise PodConfigError(
+                "RunContainerError",
+                f"container {name}: command {container['command']!r} cannot run: the lab "
+                f"runs agnhost's netexec only; accepted: {ACCEPTED_NETEXEC_ARGS}",
+            )
+        port, shutdown_delay = netexec_args(name, [*command[1:], *(container.get("args") or [])])
+        options: dict[str, str] = {}
+    else:
+        if command:
+            raise PodConfigError(
+                "RunContainerError",
+                f"container {name}: command {container['command']!r} cannot run: the lab "
+                f"image runs only the lab backend; leave command unset and pass "
+                f"{ACCEPTED_ARGS} as args",
+            )
+        options = _backend_args(name, container.get("args") or [])
     for env in container.get("env") or []:
         if env.get("name") == "SERVICE_TIME" and "--service-time" not in options:
             if env.get("value") is None:
@@ -390,12 +491,13 @@ def plan_container(container: Mapping[str, Any]) -> ContainerPlan:
         name=name,
         image=image,
         version=version,
-        port=_container_port(container),
+        port=_container_port(container) if port is None else port,
         service_time=service_time,
         seed=seed,
         drain=drain,
         prestop_sleep=sleep,
         prestop_unsupported=unsupported,
+        shutdown_delay=shutdown_delay,
     )
 
 
@@ -490,7 +592,9 @@ def pod_grace(pod: Mapping[str, Any]) -> float:
     return max(0.0, float(spec_grace)) if spec_grace is not None else DEFAULT_GRACE
 
 
-def stop_schedule(grace: float, prestop: float | None) -> StopSchedule:
+def stop_schedule(
+    grace: float, prestop: float | None, shutdown_delay: float | None = None
+) -> StopSchedule:
     """When to stop a container of a deleted pod.
 
     With a preStop sleep, the container serves while the hook sleeps (cut at the grace
@@ -498,9 +602,16 @@ def stop_schedule(grace: float, prestop: float | None) -> StopSchedule:
     than 2 s after SIGTERM (the kubelet's minimum). Without a hook the lab backend stands
     for an application that keeps serving through its grace period: SIGTERM when it ends
     (the backend then refuses new connections and finishes what it serves), SIGKILL 2 s later.
+
+    ``shutdown_delay`` is an application's own delay after SIGTERM (netexec's
+    ``--delay-shutdown``: it serves that long, then exits): the backend gets its SIGTERM that
+    much later, so it stops serving when netexec would (cut at the grace period).
     """
     grace = max(0.0, grace)
-    term = grace if prestop is None else min(max(0.0, prestop), grace)
+    if shutdown_delay is None:
+        term = grace if prestop is None else min(max(0.0, prestop), grace)
+    else:
+        term = min(max(0.0, prestop or 0.0) + max(0.0, shutdown_delay), grace)
     return StopSchedule(term, max(grace, term + MIN_KILL_GRACE))
 
 
@@ -581,7 +692,9 @@ class ContainerView:
         status: dict[str, Any] = {
             "name": self.name,
             "image": self.image,
-            "imageID": f"{CONTAINER_ID_SCHEME}://backend:{self.version}" if self.version else "",
+            "imageID": f"{CONTAINER_ID_SCHEME}://{_image_name(self.image)}:{self.version}"
+            if self.version
+            else "",
             "ready": self.ready,
             "started": self.state == "running",
             "restartCount": self.restart_count,
@@ -593,6 +706,13 @@ class ContainerView:
         if self.container_id and self.state != "waiting":
             status["containerID"] = self.container_id
         return status
+
+
+def _image_name(image: str) -> str:
+    try:
+        return image_ref(image)[0]
+    except PodConfigError:
+        return IMAGE_NAME
 
 
 def pod_phase(containers: Sequence[ContainerView], restart_policy: str) -> str:
@@ -1371,7 +1491,11 @@ class _PodWorker:
                         container.spec_name,
                         plan.prestop_unsupported,
                     )
-                schedule = stop_schedule(grace, plan.prestop_sleep if plan else None)
+                schedule = stop_schedule(
+                    grace,
+                    plan.prestop_sleep if plan else None,
+                    plan.shutdown_delay if plan else None,
+                )
             term_at, kill_at = seen + schedule.term_after, seen + schedule.kill_after
             container.term_at = min(term_at, container.term_at or term_at)
             container.kill_at = min(kill_at, container.kill_at or kill_at)
