@@ -517,19 +517,31 @@ def _dataplane_test_scope(request: pytest.FixtureRequest) -> Iterator[None]:
     cluster = request.getfixturevalue("dataplane")
     _collect.record_cluster(cluster)
     yield
-    cluster.reset()
+    try:
+        _snapshot_after_test(cluster)
+    finally:
+        cluster.reset()
+
+
+def _snapshot_after_test(cluster: Cluster) -> None:
+    # One reading of the cluster's figures per test, for the report (which never calls a
+    # cluster). Here, in the fixture's teardown, a provider's failure becomes one error of
+    # the test's teardown, with its cause, and the test's own outcome stands.
+    from . import _collect, _snapshot
+
+    record = _collect.current()
+    if record is None or record.outcome is None:
+        return  # the test never ran (its setup failed): nothing to report on
+    snapshot, error = _snapshot.take(cluster, unavailable_errors=(pytest.skip.Exception,))
+    record.snapshots.append(snapshot)
+    if error is not None:
+        raise error
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     from . import _collect
 
     _collect.begin()
-
-
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    from . import _collect
-
-    _collect.finish()
 
 
 # -- load fixture (anchor: load generator) --
@@ -569,19 +581,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    # Read the record at the end of the call phase: it is still open (pytest_runtest_teardown
-    # closes it) and the clusters still hold what the test did (their reset comes later).
+    # The call report gives the record its outcome; the teardown report carries the payload,
+    # built once the dataplane fixture has added the cluster's snapshot, and closes the record.
     from . import _collect
 
-    record = _collect.current() if call.when == "call" else None
+    record = _collect.current()
     attached = None
-    if record is not None and (record.results or record.verdicts or record.clusters):
+    if call.when == "teardown" and record is not None and (record.results or record.snapshots):
         from .report.session import attach
 
         attached = attach(item, record)
     outcome: Any = yield
-    if attached is not None:
-        outcome.get_result().user_properties.append(attached)
+    report = outcome.get_result()
+    if call.when == "call" and record is not None:
+        record.outcome, record.duration = report.outcome, float(report.duration)
+    elif call.when == "teardown":
+        if attached is not None:
+            setattr(report, *attached)
+        _collect.finish()
 
 
 # -- kind hooks (anchor: kind provider) --

@@ -6,21 +6,24 @@ the JUnit properties, the plots and the baselines. It never carries whole timeli
 are pre-aggregated into time bins (per-bin p50/p95/p99, errors) for the plots, plus a capped
 uniform subsample of latencies for baseline comparisons.
 
-Everything here is computation on data, except the calls on cluster objects, which are made
-defensively: a provider that cannot answer (``NotImplementedError``, ``DataplaneError``...)
-leaves ``None`` and a reason in ``cluster["unavailable"]`` instead of breaking the report.
+Everything here is computation on data: the cluster's figures come from the
+:class:`~pytest_dataplane._snapshot.ClusterSnapshot` the ``dataplane`` fixture took after the
+test; a figure the snapshot lacks is None with its reason in ``cluster["unavailable"]``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import stats
+
+if TYPE_CHECKING:
+    from .._snapshot import ClusterSnapshot, CpuFigures
 
 __all__ = [
     "BIN_WIDTHS",
@@ -288,23 +291,6 @@ def load_summary(
 # --------------------------------------------------------------------------- clusters
 
 
-def _ask(
-    cluster: Any, method: str, unavailable: dict[str, str], convert: Callable[[Any], Any]
-) -> Any:
-    """``convert(cluster.method())``, or None with the reason recorded when it cannot answer."""
-    function = getattr(cluster, method, None)
-    if function is None:
-        unavailable[method] = "not provided by this provider"
-        return None
-    try:
-        return convert(function())
-    except NotImplementedError as exc:
-        unavailable[method] = f"not implemented: {exc}" if str(exc) else "not implemented"
-    except Exception as exc:  # a report must survive a provider's failure: show n/a and why
-        unavailable[method] = f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def _distribution(values: npt.NDArray[np.float64]) -> dict[str, Any]:
     if values.size == 0:
         return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
@@ -318,80 +304,57 @@ def _distribution(values: npt.NDArray[np.float64]) -> dict[str, Any]:
     }
 
 
-def _programming(latencies: Any) -> dict[str, Any]:
+def _programming(latencies: Sequence[float]) -> dict[str, Any]:
     values = np.asarray(latencies, dtype=np.float64).reshape(-1)
     return _distribution(values[np.isfinite(values)])
 
 
-def _change_times(usage: Any) -> list[float | None]:
-    """Monotonic time of each change in ``usage`` (``CpuUsage.times``), or None where the
-    provider does not say when its changes happened."""
-    per_change = list(getattr(usage, "per_change", ()) or ())
-    times = getattr(usage, "times", None) or ()
-    if len(times) != len(per_change):
-        return [None] * len(per_change)
-    return [float(t) for t in times]
-
-
-def _cpu(usage: Any) -> dict[str, Any]:
-    per_change = np.asarray(list(getattr(usage, "per_change", ()) or ()), dtype=np.float64)
-    changes = list(getattr(usage, "changes", ()) or ())
+def _cpu(usage: CpuFigures, origin: float | None) -> dict[str, Any]:
+    per_change = np.asarray(usage.per_change, dtype=np.float64)
     order = np.argsort(per_change)[::-1][:HEAVIEST]
     heaviest = [
         {
-            "change": changes[i] if i < len(changes) else f"change {i + 1}",
+            "change": usage.changes[i] if i < len(usage.changes) else f"change {i + 1}",
             "seconds": float(per_change[i]),
         }
         for i in order
     ]
-    times = _change_times(usage)
+    timeline = (
+        [
+            [round(t - origin, 6), float(s)]
+            for t, s in zip(usage.times, usage.per_change, strict=True)
+        ]
+        if origin is not None and usage.times is not None
+        else []
+    )
     return {
-        "total": float(getattr(usage, "total", math.nan)),
+        "total": float(usage.total),
         "per_change": _distribution(per_change),
         "heaviest": heaviest,
-        # Monotonic times; made relative to the load's start by cluster_facts.
-        "changes": [
-            [t, float(s)] for t, s in zip(times, per_change.tolist(), strict=True) if t is not None
-        ],
-        "detail": {str(k): float(v) for k, v in dict(getattr(usage, "detail", {}) or {}).items()},
+        "detail": dict(usage.detail),
+        "timeline": timeline,
     }
 
 
-def _rule_count(count: Any) -> dict[str, Any]:
-    data = dict(count.to_dict()) if hasattr(count, "to_dict") else {"total": int(count)}
-    data["total"] = int(data["total"])
-    return data
-
-
-def cluster_facts(cluster: Any, *, origin: float | None = None) -> dict[str, Any]:
-    """What a cluster says about itself, asked defensively (see the module docstring).
+def cluster_facts(snapshot: ClusterSnapshot, *, origin: float | None = None) -> dict[str, Any]:
+    """The report's form of what a cluster said about itself after a test.
 
     ``origin`` (a monotonic time, the load's start) makes CPU change times relative to it;
     without it the per-change timeline is left out.
     """
-    unavailable: dict[str, str] = {}
-    cpu = _ask(cluster, "cpu_seconds", unavailable, _cpu)
-    if cpu is not None:
-        changes = cpu.pop("changes")
-        cpu["timeline"] = (
-            [[round(t - origin, 6), s] for t, s in changes] if origin is not None else []
-        )
     return {
-        "name": str(getattr(cluster, "name", "")),
-        "provider": str(getattr(cluster, "provider", "")),
-        "fingerprint": _ask(cluster, "fingerprint", unavailable, lambda f: clean(dict(f))),
-        "rule_count": _ask(cluster, "rule_count", unavailable, _rule_count),
-        "programming_latency": _ask(cluster, "programming_latencies", unavailable, _programming),
-        "cpu": cpu,
-        "unavailable": unavailable,
+        "name": snapshot.name,
+        "provider": snapshot.provider,
+        "fingerprint": clean(dict(snapshot.fingerprint))
+        if snapshot.fingerprint is not None
+        else None,
+        "rule_count": dict(snapshot.rule_count) if snapshot.rule_count is not None else None,
+        "programming_latency": _programming(snapshot.programming_latencies)
+        if snapshot.programming_latencies is not None
+        else None,
+        "cpu": _cpu(snapshot.cpu, origin) if snapshot.cpu is not None else None,
+        "unavailable": dict(snapshot.unavailable),
     }
-
-
-def _cluster_events(cluster: Any) -> list[Any]:
-    try:
-        return list(cluster.events)
-    except Exception:  # a provider without events still gets a report
-        return []
 
 
 # --------------------------------------------------------------------------- one test
@@ -408,7 +371,7 @@ def build_payload(
 
     Loads are ordered whole runs first (in the order they were recorded), then windows of
     them (``result.window(...)`` / ``between(...)``); verdicts keep their order. The first
-    cluster whose ``name`` is the test's dataplane (else the first one) is described.
+    cluster snapshot whose ``name`` is the test's dataplane (else the first one) is described.
     """
     # Assertions record whatever has ``latencies``; only LoadResults are loads.
     results = [
@@ -417,16 +380,16 @@ def build_payload(
         if hasattr(r, "timeline") and hasattr(r, "to_dict")
     ]
     verdicts = list(getattr(record, "verdicts", ()) or ())
-    clusters = list(getattr(record, "clusters", ()) or ())
+    snapshots: list[ClusterSnapshot] = list(getattr(record, "snapshots", ()) or ())
     # A row needs something measured here: a load or a cluster. Assertions on numbers a test
     # brought itself (unit tests of helpers, say) are not a dataplane run.
-    if not (results or clusters):
+    if not (results or snapshots):
         return None
-    cluster = next(
-        (c for c in clusters if dataplane and getattr(c, "name", None) == dataplane),
-        clusters[0] if clusters else None,
+    snapshot = next(
+        (s for s in snapshots if dataplane and s.name == dataplane),
+        snapshots[0] if snapshots else None,
     )
-    events = _cluster_events(cluster) if cluster is not None else []
+    events = list(snapshot.events) if snapshot is not None else []
     whole = [(label, r) for label, r in results if not _window(r)]
     windows = [(label, r) for label, r in results if _window(r)]
     loads = [load_summary(r, label=label, cluster_events=events) for label, r in whole + windows]
@@ -434,10 +397,12 @@ def build_payload(
     payload = {
         "test": test,
         "nodeid": nodeid,
-        "dataplane": dataplane if dataplane is not None else getattr(cluster, "name", None),
+        "dataplane": dataplane
+        if dataplane is not None
+        else (snapshot.name if snapshot is not None else None),
         "loads": loads,
         "verdicts": [v.to_dict() if hasattr(v, "to_dict") else dict(v) for v in verdicts],
-        "cluster": cluster_facts(cluster, origin=origin) if cluster is not None else None,
+        "cluster": cluster_facts(snapshot, origin=origin) if snapshot is not None else None,
     }
     result: dict[str, Any] = clean(payload)
     return result

@@ -2,7 +2,7 @@
 
 pytest's ``--junitxml`` writes ``item.user_properties`` as ``<property name=... value=...>``
 on each test case, so CI systems show them. Only scalars go there; the structured payload
-travels on the call-phase report alone and never reaches the XML.
+travels as an attribute of the teardown report and never reaches the XML.
 """
 
 from __future__ import annotations

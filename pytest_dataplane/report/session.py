@@ -1,10 +1,11 @@
 """The pytest side of reporting: per-test payloads on reports, and the session's outputs.
 
 Per test (on the process that ran it, an xdist worker included), :func:`attach` builds the
-payload at the end of the call phase, puts scalar JUnit properties on the item and the
-payload on the call report's ``user_properties``; the reports travel to the controller, where
-a :class:`ReportSession` gathers them (``pytest_runtest_logreport``) and, at the end, writes
-the JSON, the baseline and the plots, compares with a baseline, and prints the table.
+payload when the teardown report is made (after the ``dataplane`` fixture took the cluster's
+snapshot), puts scalar JUnit properties on the item and the payload on the teardown report
+(an attribute, so JUnit XML never shows it); the reports travel to the controller, where a
+:class:`ReportSession` gathers them (``pytest_runtest_logreport``) and, at the end, writes the
+JSON, the baseline and the plots, compares with a baseline, and prints the table.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ERROR_KEY", "PAYLOAD_KEY", "ReportSession", "attach", "payload_of", "start"]
 
-#: The ``user_properties`` key of the payload on call reports (never written to JUnit XML).
+#: The teardown report's attribute that holds the payload (never written to JUnit XML).
 PAYLOAD_KEY: Final = "pytest_dataplane"
-#: The key of the error that kept a payload from being built.
+#: The attribute of the error that kept a payload from being built.
 ERROR_KEY: Final = "pytest_dataplane_error"
 _PLUGIN_NAME: Final = "dataplane-report"
 
@@ -36,10 +37,14 @@ _PLUGIN_NAME: Final = "dataplane-report"
 def attach(item: pytest.Item, record: Any) -> tuple[str, object] | None:
     """Build the payload of ``item`` from its record and add its JUnit properties to the item.
 
-    Returns the ``(key, value)`` user property to put on the call report: the payload, or
-    the error that kept it from being built (a bug in summarising is reported at the end of
-    the session, never a crash of the run). None when the test produced nothing to report.
+    Returns the ``(attribute, value)`` to set on the teardown report: the payload, or the
+    error that kept it from being built (a bug in summarising is reported at the end of the
+    session, never a crash of the run). None when the test produced nothing to report or its
+    call phase never ran. The payload's ``outcome`` and ``duration`` are the call phase's.
     """
+    outcome = getattr(record, "outcome", None)
+    if outcome is None:
+        return None
     from . import collect, junit
 
     callspec = getattr(item, "callspec", None)
@@ -58,15 +63,17 @@ def attach(item: pytest.Item, record: Any) -> tuple[str, object] | None:
     if payload is None:
         return None
     item.user_properties.extend(junit.properties(payload))
-    return PAYLOAD_KEY, payload
+    return PAYLOAD_KEY, {
+        **payload,
+        "outcome": outcome,
+        "duration": float(getattr(record, "duration", 0.0)),
+    }
 
 
 def payload_of(report: pytest.TestReport) -> dict[str, Any] | None:
-    """The payload a call report carries, if any."""
-    for name, value in report.user_properties:
-        if name == PAYLOAD_KEY and isinstance(value, dict):
-            return value
-    return None
+    """The payload a teardown report carries, if any."""
+    value = getattr(report, PAYLOAD_KEY, None)
+    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------- session
@@ -158,18 +165,14 @@ class ReportSession:
     # -- gathering
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        if report.when != "teardown":
             return
         payload = payload_of(report)
         if payload is not None:
-            self.payloads.append(
-                {**payload, "outcome": report.outcome, "duration": float(report.duration)}
-            )
-        self.problems.extend(
-            f"cannot summarise {value}"
-            for name, value in report.user_properties
-            if name == ERROR_KEY
-        )
+            self.payloads.append(payload)
+        error = getattr(report, ERROR_KEY, None)
+        if error is not None:
+            self.problems.append(f"cannot summarise {error}")
 
     # -- outputs
 

@@ -16,8 +16,9 @@ import pytest
 
 from pytest_dataplane import DataplaneAssertionError, assert_no_regression
 from pytest_dataplane._collect import TestRecord as Record
+from pytest_dataplane._snapshot import FAILED, ClusterSnapshot, SnapshotError, take
 from pytest_dataplane.baseline import compare, comparison_lines, fingerprint_differences
-from pytest_dataplane.errors import DataplaneError
+from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
 from pytest_dataplane.events import Event
 from pytest_dataplane.load import OUTCOMES, LoadResult, Timeline
 from pytest_dataplane.providers.base import CpuUsage, RuleCount
@@ -75,6 +76,13 @@ class Cluster:
             return answer
 
         return call
+
+
+def snap(cluster: Any) -> ClusterSnapshot:
+    """The snapshot the dataplane fixture would take of ``cluster`` after a test."""
+    snapshot, error = take(cluster)
+    assert error is None
+    return snapshot
 
 
 # --------------------------------------------------------------------------- collect
@@ -222,23 +230,44 @@ def test_empty_record_has_no_payload() -> None:
     assert collect.build_payload(Record(), nodeid="a", test="a", dataplane=None) is None
 
 
-def test_cluster_facts_survive_failing_providers() -> None:
+def test_snapshot_keeps_what_it_read_and_names_each_failure() -> None:
+    broken = DataplaneError("nft list failed")
     cluster = Cluster(
         "nftables",
-        rule_count=DataplaneError("nft list failed"),
+        rule_count=broken,
         programming_latencies=NotImplementedError(),
         cpu_seconds=RuntimeError("boom"),
         # fingerprint is missing altogether
     )
-    facts = collect.cluster_facts(cluster)
+    snapshot, error = take(cluster)
+    facts = collect.cluster_facts(snapshot)
     assert facts["rule_count"] is None and facts["cpu"] is None
     assert facts["fingerprint"] is None and facts["programming_latency"] is None
     assert facts["unavailable"] == {
-        "rule_count": "DataplaneError: nft list failed",
+        "rule_count": FAILED,
         "programming_latencies": "not implemented",
-        "cpu_seconds": "RuntimeError: boom",
+        "cpu_seconds": FAILED,
         "fingerprint": "not provided by this provider",
     }
+    # The failures (not what the provider cannot give by design) make one error, caused by
+    # the first of them, for the fixture to raise.
+    assert isinstance(error, SnapshotError)
+    assert error.figures == ("rule_count", "cpu_seconds")
+    assert error.__cause__ is broken
+    assert str(error) == (
+        "the nftables cluster (fake) could not report its figures after the test: "
+        "rule_count(): DataplaneError: nft list failed; cpu_seconds(): RuntimeError: boom"
+    )
+
+
+def test_snapshot_of_a_figure_unavailable_here_is_no_error() -> None:
+    cluster = Cluster(
+        cpu_seconds=DataplaneUnavailable("no cgroup v2"), rule_count=RuleCount(total=4)
+    )
+    snapshot, error = take(cluster)
+    assert error is None
+    assert snapshot.unavailable["cpu_seconds"] == "DataplaneUnavailable: no cgroup v2"
+    assert snapshot.rule_count is not None and snapshot.rule_count["total"] == 4
 
 
 def test_cluster_facts_place_cpu_changes_in_time() -> None:
@@ -258,7 +287,7 @@ def test_cluster_facts_place_cpu_changes_in_time() -> None:
         programming_latencies=np.array([0.1, 0.3]),
         fingerprint={"backend": "legacy"},
     )
-    facts = collect.cluster_facts(cluster, origin=100.0)
+    facts = collect.cluster_facts(snap(cluster), origin=100.0)
     cpu = facts["cpu"]
     assert cpu["timeline"] == [[4.0, 0.2], [3.0, 0.5], [6.5, 0.1]]
     assert cpu["heaviest"][0] == {"change": "backend: added 10.0.0.7", "seconds": 0.5}
@@ -267,7 +296,7 @@ def test_cluster_facts_place_cpu_changes_in_time() -> None:
     assert facts["programming_latency"]["p95"] == pytest.approx(np.percentile([0.1, 0.3], 95))
     # A provider that does not say when its changes happened gets no CPU timeline.
     untimed = SimpleNamespace(total=0.3, per_change=(0.1, 0.2), changes=("a", "b"))
-    facts = collect.cluster_facts(Cluster(cpu_seconds=untimed), origin=100.0)
+    facts = collect.cluster_facts(snap(Cluster(cpu_seconds=untimed)), origin=100.0)
     assert facts["cpu"]["timeline"] == []
     assert facts["cpu"]["per_change"]["n"] == 2
 
@@ -279,7 +308,7 @@ def payload(
     dataplane: str = "iptables", *, factor: float = 1.0, n: int = 2000, **cluster: Any
 ) -> dict[str, Any]:
     result = make_result(n=n, factor=factor)
-    record = Record(results=[("", result)], clusters=[Cluster(dataplane, **cluster)])
+    record = Record(results=[("", result)], snapshots=[snap(Cluster(dataplane, **cluster))])
     built = collect.build_payload(
         record, nodeid=f"t.py::test_a[{dataplane}]", test="t.py::test_a", dataplane=dataplane
     )
@@ -512,7 +541,9 @@ def test_objects_with_latencies_that_are_not_loads_are_skipped() -> None:
     assert collect.build_payload(record, nodeid="t.py::a", test="t.py::a", dataplane=None) is None
     cluster = SimpleNamespace(name="ebpf")
     record = Record(
-        results=[("", SimpleNamespace(latencies=[0.1]))], verdicts=[verdict], clusters=[cluster]
+        results=[("", SimpleNamespace(latencies=[0.1]))],
+        verdicts=[verdict],
+        snapshots=[snap(cluster)],
     )
     built = collect.build_payload(record, nodeid="t.py::a", test="t.py::a", dataplane=None)
     assert built is not None
