@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -71,6 +72,10 @@ SERVICES_PATH: Final = "/api/v1/services"
 SLICES_PATH: Final = "/apis/discovery.k8s.io/v1/endpointslices"
 _PROTOCOLS: Final = ("TCP", "UDP")  # what the connect4 program balances
 _PR_SET_PDEATHSIG: Final = 1
+_RFC3339: Final = re.compile(
+    r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?"
+    r"(?P<zone>[Zz]|[+-]\d\d:\d\d)"
+)
 
 
 # ====================================================================== pure part
@@ -131,8 +136,14 @@ def parse_trigger(text: object) -> float | None:
     """Wall seconds of an RFC 3339 time (``2026-12-01T14:25:23Z``); None if absent or bad."""
     if not isinstance(text, str) or not text:
         return None
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        return None
+    # fromisoformat takes at most 6 fraction digits (and no "Z") before Python 3.11.
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    zone = "+00:00" if match["zone"] in ("Z", "z") else match["zone"]
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(f"{match['base']}.{fraction}{zone}").timestamp()
     except ValueError:
         return None
 

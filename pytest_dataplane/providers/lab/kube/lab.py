@@ -301,6 +301,9 @@ class KubeLab:
         if self.binaries is not None and self.binaries.kubectl_dir is not None:
             out.append(("PATH", f"{self.binaries.kubectl_dir}{os.pathsep}$PATH"))
         out.append(("DATAPLANE_NETNS", self.client_netns))
+        if self._client_cgroup is not None:
+            # ebpf: a client must also join this cgroup for ClusterIPs to be served.
+            out.append(("DATAPLANE_CGROUP", str(self._client_cgroup)))
         out.append(("DATAPLANE_LAB", self.prefix))
         return out
 
