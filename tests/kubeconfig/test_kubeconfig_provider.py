@@ -3,6 +3,7 @@ session namespace's lifecycle, node access only on request, and cleanup."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
-from pytest_dataplane.providers.k8s.api import ExecResult
+from pytest_dataplane.providers.k8s.api import ExecResult, api_error
 from pytest_dataplane.providers.k8s.testing import MemoryApi, matches_selector
 from pytest_dataplane.providers.kubeconfig import KubeconfigProvider
 from pytest_dataplane.providers.kubeconfig import cleanup as kube_cleanup
@@ -365,3 +366,139 @@ def test_close_closes_everything_and_names_every_failure() -> None:
     # The first cluster's failure did not keep the second from closing.
     assert stopped == ["first watch", "first prober", "second watch", "second prober"]
     assert api.closed
+
+
+# ---------------------------------------------------------------------- node access refused
+
+
+class Refused(Exception):
+    """What the official client raises for an API error: HTTP status and a Status body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"({status})\nReason: Unprocessable Entity\nHTTP response headers: ...")
+        self.status = status
+        self.body = json.dumps({"kind": "Status", "message": message, "code": status}).encode()
+
+
+def _skip_reason(cluster: Any) -> str:
+    with pytest.raises(pytest.skip.Exception) as info:
+        cluster.rule_count()
+    return str(info.value)
+
+
+def test_node_access_on_lab_nodes_says_why_and_the_run_goes_on() -> None:
+    lab_node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "node-0"},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "10.213.0.10"}],
+            "nodeInfo": {"containerRuntimeVersion": "pytest-dataplane-lab://1"},
+        },
+    }
+    api = MemoryApi()
+    api.add(lab_node, KUBE_PROXY_CM)
+    p = provider(api, node_access=True)
+    cluster = p.create("ipvs")
+    # Nothing was tried on the nodes: no DaemonSet.
+    assert [c.kind for c in api.calls if c.verb == "create"] == ["Namespace"]
+    reason = _skip_reason(cluster)
+    assert reason.startswith(
+        "counting rules needs node access: --dataplane-node-access was given, but node(s) "
+        "node-0 are run by the pytest-dataplane lab's node agent"
+    )
+    assert "--dataplane-provider=lab" in reason
+    facts = cluster.fingerprint()
+    assert facts["node_access"] is False
+    assert "lab's node agent" in facts["node_access_unavailable"]
+    p.close()
+
+
+def test_a_refused_privileged_daemonset_is_named_with_the_api_servers_message() -> None:
+    policy = (
+        'DaemonSet.apps "dpt-node-agent" is invalid: spec.template.spec.containers[0]'
+        ".securityContext.privileged: Forbidden: disallowed by cluster policy"
+    )
+
+    def refuse(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        if verb == "create" and obj["kind"] == "DaemonSet":
+            raise Refused(422, policy)
+
+    api = make_api(KUBE_PROXY_CM)
+    api.reactors.insert(0, refuse)
+    p = provider(api, node_access=True)
+    cluster = p.create("ipvs")
+    reason = _skip_reason(cluster)
+    assert (
+        "--dataplane-node-access was given, but the API server refused the privileged "
+        f"node-agent DaemonSet (422): {policy}"
+    ) in reason
+    assert "HTTP response headers" not in reason
+    p.close()
+
+
+def test_agent_pods_that_cannot_start_end_the_wait_and_the_daemonset_goes() -> None:
+    def broken_pods(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        if obj["kind"] != "DaemonSet" or verb != "create":
+            return
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], "DaemonSet", meta["namespace"], meta["name"])
+        api.objects[key]["status"] = {"desiredNumberScheduled": 1, "numberReady": 0}
+        api.add(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "agent-node-a",
+                    "namespace": meta["namespace"],
+                    "labels": obj["spec"]["template"]["metadata"]["labels"],
+                },
+                "spec": {"nodeName": "node-a"},
+                "status": {
+                    "phase": "Pending",
+                    "containerStatuses": [
+                        {
+                            "name": "agent",
+                            "state": {
+                                "waiting": {
+                                    "reason": "CreateContainerConfigError",
+                                    "message": "container has runAsNonRoot and image runs as root",
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+
+    api = MemoryApi()
+    api.add(*NODES, KUBE_PROXY_CM)
+    api.reactors.append(broken_pods)
+    p = provider(api, node_access=True)
+    cluster = p.create("ipvs")
+    # At the first look, not after the 180 s readiness timeout: the kubelet will not start
+    # it however long one waits.
+    looks = [c for c in api.calls if c.verb == "get" and c.name == "dpt-node-agent"]
+    assert len(looks) == 1
+    namespace = f"dpt-{p.session}"
+    assert ("delete", "DaemonSet", "dpt-node-agent") in [
+        (c.verb, c.kind, c.name) for c in api.calls
+    ]
+    reason = _skip_reason(cluster)
+    assert (
+        f"node-agent pods of DaemonSet {namespace}/dpt-node-agent cannot start: agent-node-a: "
+        "CreateContainerConfigError: container has runAsNonRoot and image runs as root"
+    ) in reason
+    p.close()
+
+
+def test_api_error_prefers_the_status_message() -> None:
+    assert api_error(Refused(403, "pods is forbidden: no")) == (403, "pods is forbidden: no")
+    assert api_error(ConnectionResetError("reset by peer")) == (
+        None,
+        "ConnectionResetError: reset by peer",
+    )
+    # A body that is not a Status falls back to the exception's first line.
+    odd = Refused(500, "x")
+    odd.body = b"<html>bad gateway</html>"
+    assert api_error(odd) == (500, "Refused: (500)")
