@@ -11,7 +11,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from .._host import NETNS_DIR, cgroup2_mount
@@ -94,6 +94,94 @@ def resolve_cgroup(value: str, *, mount: str | None = None) -> tuple[str, str]:
     )
 
 
+def _positive_duration(value: float | str, name: str, example: str) -> float:
+    seconds = parse_duration(value, name=name)
+    if seconds <= 0:
+        raise ValueError(f"{name}: {value!r} is not positive; accepted: e.g. {example}")
+    return seconds
+
+
+def _default_engine(url: str, http2: object) -> str:
+    # The lighter engine wherever it can speak the protocol asked for.
+    scheme = urlsplit(url).scheme.lower()
+    return "httpx" if scheme == "https" or http2 is True else "fast"
+
+
+def _check_protocol(url: str, engine: str, http2: object, verify: object) -> None:
+    """The engine speaks the URL's scheme and HTTP version; TLS verification is usable."""
+    scheme = urlsplit(url).scheme.lower()
+    if engine == "fast" and scheme != "http":
+        raise ValueError(
+            f"url: {url!r}: engine 'fast' speaks http:// only; use engine='httpx' for https"
+        )
+    if not isinstance(http2, bool):
+        raise ValueError(f"http2: {http2!r} is not a boolean")
+    if http2 and engine != "httpx":
+        raise ValueError(f"http2: True needs engine='httpx', not {engine!r}")
+    if http2 and importlib.util.find_spec("h2") is None:
+        raise DataplaneUnavailable(
+            "http2=True needs the h2 package: pip install 'pytest-dataplane[http2]'"
+        )
+    if not isinstance(verify, (bool, str)):
+        raise ValueError(f"verify: {verify!r} is not a boolean or a CA bundle path")
+    if isinstance(verify, str) and not os.path.isfile(verify):
+        raise ValueError(f"verify: CA bundle {verify!r} does not exist")
+
+
+def _concurrency(arrival: str, concurrency: object, processes: int) -> int | None:
+    """The closed loop's worker count (given or the default); None for an open loop."""
+    if arrival != "closed":
+        if concurrency is not None:
+            raise ValueError(
+                f"concurrency: {concurrency!r} applies to arrival='closed' only; an open-loop "
+                "run sends at its rate whatever is outstanding (see max_in_flight)"
+            )
+        return None
+    workers = _int(
+        DEFAULT_CONCURRENCY if concurrency is None else concurrency,
+        "concurrency",
+        1,
+        "a positive number of closed-loop workers",
+    )
+    if workers < processes:
+        raise ValueError(
+            f"concurrency: {workers!r} closed-loop workers cannot be split over "
+            f"{processes} processes; accepted: concurrency >= processes"
+        )
+    return workers
+
+
+def _placement(
+    netns: str | None, cgroup: str | None, processes: int
+) -> tuple[str | None, str | None]:
+    """Check the network namespace and resolve the cgroup the workers run in: ``(cgroup
+    directory, cgroup path)``, both None without a cgroup."""
+    if netns is not None:
+        if not isinstance(netns, str) or not netns or "/" in netns or netns in (".", ".."):
+            raise ValueError(f"netns: {netns!r} is not a network namespace name")
+        if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+            raise ValueError(f"netns: no network namespace {netns!r} (no {NETNS_DIR}/{netns})")
+    cgroup_dir = cgroup_path = None
+    if cgroup is not None:
+        cgroup_dir, cgroup_path = resolve_cgroup(cgroup)
+    if processes == 0 and (netns is not None or cgroup is not None):
+        raise ValueError(
+            "processes: 0 (in this process) cannot enter a netns or cgroup; use processes >= 1"
+        )
+    return cgroup_dir, cgroup_path
+
+
+def _headers(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    items: list[tuple[str, str]] = []
+    for key, value in (headers or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"headers: {key!r}: {value!r} is not a pair of strings")
+        if any(c in key + value for c in "\r\n") or not key or ":" in key:
+            raise ValueError(f"headers: {key!r}: {value!r} is not a valid header")
+        items.append((key, value))
+    return tuple(items)
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """A validated load run: what :func:`pytest_dataplane.load.run` was asked to do."""
@@ -121,7 +209,7 @@ class LoadSpec:
     @classmethod
     def create(
         cls,
-        url: Any,
+        url: object,
         *,
         rate: float | str,
         duration: float | str,
@@ -141,59 +229,24 @@ class LoadSpec:
         seed: int | None = None,
         uvloop: bool = True,
     ) -> LoadSpec:
-        """Validate every argument (see :func:`pytest_dataplane.load.run`)."""
+        """Validate every argument (see :func:`pytest_dataplane.load.run`).
+
+        The checks run in this order, so that of several bad values the first is named.
+        """
         url = _url(url)
         rate_value = parse_rate(rate, name="rate")
-        duration_value = parse_duration(duration, name="duration")
-        if duration_value <= 0:
-            raise ValueError(f"duration: {duration!r} is not positive; accepted: e.g. '30s'")
-        timeout_value = parse_duration(timeout, name="timeout")
-        if timeout_value <= 0:
-            raise ValueError(f"timeout: {timeout!r} is not positive; accepted: e.g. '2s'")
-        if engine is None:
-            # The lighter engine wherever it can speak the protocol asked for.
-            scheme = urlsplit(url).scheme.lower()
-            engine = "httpx" if scheme == "https" or http2 is True else "fast"
-        engine = _choice(engine, "engine", ENGINES)
+        duration_value = _positive_duration(duration, "duration", "'30s'")
+        timeout_value = _positive_duration(timeout, "timeout", "'2s'")
+        engine = _choice(
+            _default_engine(url, http2) if engine is None else engine, "engine", ENGINES
+        )
         arrival = _choice(arrival, "arrival", ARRIVALS)
         connection = _choice(connection, "connection", CONNECTIONS)
-        scheme = urlsplit(url).scheme.lower()
-        if engine == "fast" and scheme != "http":
-            raise ValueError(
-                f"url: {url!r}: engine 'fast' speaks http:// only; use engine='httpx' for https"
-            )
-        if not isinstance(http2, bool):
-            raise ValueError(f"http2: {http2!r} is not a boolean")
-        if http2 and engine != "httpx":
-            raise ValueError(f"http2: True needs engine='httpx', not {engine!r}")
-        if http2 and importlib.util.find_spec("h2") is None:
-            raise DataplaneUnavailable(
-                "http2=True needs the h2 package: pip install 'pytest-dataplane[http2]'"
-            )
-        if not isinstance(verify, (bool, str)):
-            raise ValueError(f"verify: {verify!r} is not a boolean or a CA bundle path")
-        if isinstance(verify, str) and not os.path.isfile(verify):
-            raise ValueError(f"verify: CA bundle {verify!r} does not exist")
+        _check_protocol(url, engine, http2, verify)
         processes = _int(processes, "processes", 0, "a worker process count >= 0")
         if processes > MAX_PROCESSES:
             raise ValueError(f"processes: {processes!r} is above {MAX_PROCESSES}")
-        if arrival == "closed":
-            concurrency = _int(
-                DEFAULT_CONCURRENCY if concurrency is None else concurrency,
-                "concurrency",
-                1,
-                "a positive number of closed-loop workers",
-            )
-            if concurrency < processes:
-                raise ValueError(
-                    f"concurrency: {concurrency!r} closed-loop workers cannot be split over "
-                    f"{processes} processes; accepted: concurrency >= processes"
-                )
-        elif concurrency is not None:
-            raise ValueError(
-                f"concurrency: {concurrency!r} applies to arrival='closed' only; an open-loop "
-                "run sends at its rate whatever is outstanding (see max_in_flight)"
-            )
+        concurrency = _concurrency(arrival, concurrency, processes)
         if max_in_flight is None:
             max_in_flight = DEFAULT_MAX_IN_FLIGHT[engine]
         max_in_flight = _int(max_in_flight, "max_in_flight", 1, "a positive integer")
@@ -201,25 +254,8 @@ class LoadSpec:
         if seed is None:
             seed = secrets.randbits(63)
         seed = _int(seed, "seed", 0, "a non-negative integer")
-        if netns is not None:
-            if not isinstance(netns, str) or not netns or "/" in netns or netns in (".", ".."):
-                raise ValueError(f"netns: {netns!r} is not a network namespace name")
-            if not os.path.exists(os.path.join(NETNS_DIR, netns)):
-                raise ValueError(f"netns: no network namespace {netns!r} (no {NETNS_DIR}/{netns})")
-        cgroup_dir = cgroup_path = None
-        if cgroup is not None:
-            cgroup_dir, cgroup_path = resolve_cgroup(cgroup)
-        if processes == 0 and (netns is not None or cgroup is not None):
-            raise ValueError(
-                "processes: 0 (in this process) cannot enter a netns or cgroup; use processes >= 1"
-            )
-        header_items: list[tuple[str, str]] = []
-        for key, value in (headers or {}).items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError(f"headers: {key!r}: {value!r} is not a pair of strings")
-            if any(c in key + value for c in "\r\n") or not key or ":" in key:
-                raise ValueError(f"headers: {key!r}: {value!r} is not a valid header")
-            header_items.append((key, value))
+        cgroup_dir, cgroup_path = _placement(netns, cgroup, processes)
+        header_items = _headers(headers)
         return cls(
             url=url,
             rate=rate_value,
@@ -235,7 +271,7 @@ class LoadSpec:
             processes=processes,
             http2=http2,
             verify=verify,
-            headers=tuple(header_items),
+            headers=header_items,
             max_in_flight=max_in_flight,
             max_rows=max_rows,
             seed=seed,
