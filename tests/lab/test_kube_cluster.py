@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 from kubekit import binaries_or_skip, in_netns, root_state, state_diff, wait_for
 
-from pytest_dataplane.providers.lab.kube.lab import KubeLab
+from pytest_dataplane.providers.kubeconfig.detect import kube_proxy_mode_from_configmap
+from pytest_dataplane.providers.lab.kube import plan
+from pytest_dataplane.providers.lab.kube.lab import KubeLab, detect_iptables_backend
+from pytest_dataplane.providers.lab.kube.probe import get_json
 
 ROLLOUT_TIMEOUT = 240
 
@@ -152,6 +155,23 @@ def test_kube_proxy_chains_and_metrics(iptables_lab: KubeLab) -> None:
     assert unreachable.returncode != 0
 
 
+def test_kube_proxy_setup_defaults(iptables_lab: KubeLab) -> None:
+    lab = iptables_lab
+    # "auto": the backend the machine's own iptables is; kube-proxy's rules are there.
+    backend = detect_iptables_backend()
+    assert lab.iptables_backend == backend
+    assert ":KUBE-SERVICES" in in_netns(lab.node_netns(0), f"iptables-{backend}-save")
+    configz = get_json(lab.node_netns(0), f"http://{plan.PROXY_METRICS}/configz")
+    assert configz["kubeproxy.config.k8s.io"]["iptables"]["minSyncPeriod"] == "1s"
+    configmap = json.loads(
+        kubectl(lab, "-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "json")
+    )
+    assert kube_proxy_mode_from_configmap(configmap) == "iptables"
+    assert lab.dataplane_cgroups(0) == [lab.processes["kube-proxy-node-0"].cgroup]
+    assert lab.client_cgroup is None
+    assert lab.ebpf_programming() == []
+
+
 def test_kube_proxy_leaves_the_root_namespace_alone(
     iptables_lab: KubeLab, root_before: dict[str, str]
 ) -> None:
@@ -185,6 +205,10 @@ def test_nftables_mode_on_two_nodes(nodes: int, root_before: dict[str, str]) -> 
         assert "default/web" in listed
         # kube-proxy 1.37 picks one of the 4 endpoints in the service chain itself.
         assert "numgen random mod 4" in listed
+        configmap = json.loads(
+            kubectl(lab, "-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "json")
+        )
+        assert kube_proxy_mode_from_configmap(configmap) == "nftables"
         # No iptables rules from kube-proxy in nftables mode.
         assert "KUBE-SVC-" not in in_netns(lab.node_netns(0), "iptables-save")
         answers = ask(lab, f"http://{cluster_ip}:80/", 80)

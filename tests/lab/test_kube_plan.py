@@ -171,6 +171,72 @@ def test_kube_proxy_mode_is_checked() -> None:
         plan.proxy_args(KubePlan("dpl123456"), Files(Path("/x")), 0, "ebpf")
 
 
+@pytest.mark.parametrize(
+    ("mode", "seconds", "flag", "value"),
+    [
+        ("iptables", 0, "--iptables-min-sync-period", "0s"),
+        ("nftables", 2.5, "--iptables-min-sync-period", "2500ms"),
+        ("ipvs", 1, "--ipvs-min-sync-period", "1s"),
+        ("iptables", 0.0001, "--iptables-min-sync-period", "100us"),
+    ],
+)
+def test_min_sync_period_is_kube_proxys_own_flag(
+    mode: str, seconds: float, flag: str, value: str
+) -> None:
+    args = flags(
+        plan.proxy_args(KubePlan("dpl123456"), Files(Path("/x")), 0, mode, min_sync_period=seconds)
+    )
+    assert args[flag] == value
+    assert not any(
+        k.endswith("min-sync-period")
+        for k in flags(plan.proxy_args(KubePlan("dpl123456"), Files(Path("/x")), 0, mode))
+    )  # None: kube-proxy's default
+
+
+@pytest.mark.parametrize("bad", [-1, 31, float("nan"), float("inf"), True, "1s"])
+def test_min_sync_period_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"min_sync_period: .* is not accepted; accepted: None"):
+        plan.check_min_sync_period(bad)  # type: ignore[arg-type]
+
+
+def test_iptables_backend_is_checked_and_linked() -> None:
+    assert plan.check_iptables_backend("auto") == "auto"
+    with pytest.raises(
+        ValueError,
+        match=r"iptables_backend: 'nf_tables' is not accepted; accepted: auto, legacy, nft",
+    ):
+        plan.check_iptables_backend("nf_tables")
+    links = plan.iptables_links("legacy")
+    assert links["iptables"] == "iptables-legacy"
+    assert links["iptables-restore"] == "iptables-legacy-restore"
+    assert links["ip6tables-save"] == "ip6tables-legacy-save"
+    assert set(plan.iptables_links("nft").values()) == {
+        f"{f}-nft{s}" for f in ("iptables", "ip6tables") for s in ("", "-save", "-restore")
+    }
+
+
+def test_proxy_config_args_are_the_flags_without_the_node() -> None:
+    p = KubePlan("dpl123456", nodes=2)
+    out = Path("/x/kube-proxy.conf")
+    args = plan.proxy_config_args(p, Files(Path("/x")), "nftables", out, min_sync_period=0)
+    assert f"--write-config-to={out}" in args
+    assert not any(a.startswith("--hostname-override") for a in args)
+    same = plan.proxy_args(p, Files(Path("/x")), 1, "nftables", min_sync_period=0)
+    assert [a for a in same if not a.startswith("--hostname-override")] == args[:-1]
+
+
+def test_ebpfctl_command_line() -> None:
+    argv = plan.ebpfctl_argv(
+        "/py", kubeconfig=Path("/k"), cgroup=Path("/sys/fs/cgroup/x"), state_dir=Path("/s")
+    )
+    assert argv[:3] == ["/py", "-m", "pytest_dataplane.providers.lab.kube.ebpfctl"]
+    assert dict(zip(argv[3::2], argv[4::2], strict=True)) == {
+        "--kubeconfig": "/k",
+        "--cgroup": "/sys/fs/cgroup/x",
+        "--state-dir": "/s",
+    }
+
+
 # ---------------------------------------------------------------------- credentials
 
 
