@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,9 @@ def ebpf_lab(root_before: dict[str, str]) -> Iterator[KubeLab]:
         yield lab
 
 
-def test_the_controller_serves_the_kubernetes_service(ebpf_lab: KubeLab, record_property) -> None:
+def test_the_controller_serves_the_kubernetes_service(
+    ebpf_lab: KubeLab, record_property: Callable[[str, object], None]
+) -> None:
     lab = ebpf_lab
     assert lab.plan is not None
     record_property("controller_ready_seconds", round(lab.timings["ebpf_controller"], 2))
@@ -302,7 +304,9 @@ def _create_background(lab: KubeLab, count: int, threads: int = 8) -> None:
     assert errors == []
 
 
-def test_background_services_by_three_endpoints(ebpf_lab: KubeLab, record_property) -> None:
+def test_background_services_by_three_endpoints(
+    ebpf_lab: KubeLab, record_property: Callable[[str, object], None]
+) -> None:
     # 1,000 here: creating them costs the API server ~30 objects/s on a loaded 2-core machine
     # (5,000 x 3 took 289 s to create there and were all programmed 0.3 s after the last
     # create; the README has the figures).
