@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from ._duet import DuetResult, DuetRun, duet
     from ._fixture import LoadFactory
     from ._outcomes import OUTCOMES
-    from ._result import LoadResult, Timeline
+    from ._result import LoadResult
     from ._run import LoadRun
+    from ._timeline import Timeline
 
 __all__ = [
     "OUTCOMES",
@@ -34,7 +35,7 @@ __all__ = [
 _LAZY = {
     "OUTCOMES": "._outcomes",
     "LoadResult": "._result",
-    "Timeline": "._result",
+    "Timeline": "._timeline",
     "run": "._api",
     "duet": "._duet",
     "DuetResult": "._duet",

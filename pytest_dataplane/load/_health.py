@@ -1,7 +1,7 @@
 """The load generator measuring itself: its own CPU, its idle spin, its wait for a CPU.
 
 Runs in a worker process (or the engine's thread); imports no numpy. The saturation guard
-(:mod:`._result`) needs to tell two kinds of late sends apart:
+(:mod:`._saturation`) needs to tell two kinds of late sends apart:
 
 - the generator could not keep up: its own thread was on a CPU doing its own work nearly all
   the time (near a full core), so a faster or lighter client would have sent on time;

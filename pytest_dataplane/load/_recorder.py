@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._outcomes import OK, OUTCOMES
-from ._result import Timeline
+from ._timeline import Timeline
 
 __all__ = ["DEFAULT_MAX_ROWS", "HISTOGRAM_MAX_US", "Recorder", "new_histogram", "record_batch"]
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_dataplane.load._client import Target
-from pytest_dataplane.load._fast import ResponseParser, build_request
+from pytest_dataplane.load._http1 import ResponseParser, build_request
 
 RESPONSES = {
     "length": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, True),
