@@ -17,20 +17,17 @@ from typing import Final, Literal
 
 __all__ = [
     "DATAPLANES",
-    "PROVIDERS",
     "ServiceTime",
     "parse_dataplanes",
     "parse_duration",
     "parse_fraction",
     "parse_int_or_percent",
     "parse_kube_bin",
-    "parse_provider",
     "parse_rate",
     "resolve_int_or_percent",
 ]
 
 DATAPLANES: Final = ("iptables", "nftables", "ipvs", "ebpf")
-PROVIDERS: Final = ("lab", "kind", "kubeconfig")
 
 _DURATION_UNITS: Final = {
     "ns": 1e-9,
@@ -204,14 +201,6 @@ def parse_dataplanes(value: str | Iterable[str], *, name: str = "--dataplane") -
             f"{name}: no dataplane given in {value!r}; accepted: {', '.join(DATAPLANES)}"
         )
     return tuple(names)
-
-
-def parse_provider(value: str, *, name: str = "--dataplane-provider") -> str:
-    """Validate a provider name (``lab``, ``kind`` or ``kubeconfig``)."""
-    provider = value.strip().lower()
-    if provider not in PROVIDERS:
-        raise ValueError(f"{name}: unknown provider {value!r}; accepted: {', '.join(PROVIDERS)}")
-    return provider
 
 
 def parse_kube_bin(value: str, *, name: str = "--dataplane-kube-bin") -> str:

@@ -6,6 +6,7 @@ fixtures so that ``pytest --help`` and runs that use none of this stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,11 @@ import pytest
 
 from .config import (
     DATAPLANES,
-    PROVIDERS,
     parse_dataplanes,
     parse_duration,
     parse_kube_bin,
-    parse_provider,
 )
+from .providers import DEFAULT_PROVIDER, PROVIDERS, ProviderRegistry
 
 if TYPE_CHECKING:
     from .providers.base import Cluster, Provider
@@ -76,10 +76,12 @@ _OPTIONS: tuple[_Option, ...] = (
         "--dataplane-provider",
         "dataplane_provider",
         "dataplane_provider",
-        f"Where dataplanes run: {', '.join(PROVIDERS)} (default: lab, network namespaces "
-        "on this machine)",
-        "lab",
-        parse_provider,
+        f"Where dataplanes run: {', '.join(PROVIDERS)} (default: {DEFAULT_PROVIDER}, "
+        f"{PROVIDERS[DEFAULT_PROVIDER].where}); a conftest may add more "
+        "(pytest_dataplane_add_providers)",
+        DEFAULT_PROVIDER,
+        # Checked against the run's registry, which hooks may extend: _provider_registry.
+        lambda value: str(value).strip().lower(),
         metavar="NAME",
     ),
     _Option(
@@ -317,6 +319,12 @@ _OPTIONS: tuple[_Option, ...] = (
 _BY_DEST = {option.dest: option for option in _OPTIONS}
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dataplane", "network-performance assertions (pytest-dataplane)")
     for option in _OPTIONS:
@@ -366,11 +374,35 @@ def resolve_option(config: pytest.Config, dest: str) -> Any:
     return value
 
 
+_REGISTRY = pytest.StashKey[ProviderRegistry]()
+
+
+def _provider_registry(config: pytest.Config) -> ProviderRegistry:
+    """The run's providers: the built-in ones and those conftests add, once per run."""
+    registry = config.stash.get(_REGISTRY, None)
+    if registry is None:
+        registry = PROVIDERS.copy()
+        try:
+            config.hook.pytest_dataplane_add_providers(config=config, registry=registry)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest_dataplane_add_providers: {exc}") from None
+        config.stash[_REGISTRY] = registry
+    return registry
+
+
+def _provider_name(config: pytest.Config) -> str:
+    try:
+        return _provider_registry(config).parse(resolve_option(config, "dataplane_provider"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 @dataclass
 class _State:
     config: pytest.Config
     dataplanes: tuple[str, ...]
     provider_name: str
+    registry: ProviderRegistry
     _provider: Provider | None = None
     _availability: dict[str, str | None] = field(default_factory=dict)
 
@@ -380,9 +412,7 @@ class _State:
     @property
     def provider(self) -> Provider:
         if self._provider is None:
-            from .providers import make_provider
-
-            self._provider = make_provider(self.provider_name, self.option)
+            self._provider = self.registry[self.provider_name].build(self.option)
         return self._provider
 
     def availability(self, dataplane: str) -> str | None:
@@ -418,7 +448,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = _State(
         config=config,
         dataplanes=resolve_option(config, "dataplane"),
-        provider_name=resolve_option(config, "dataplane_provider"),
+        provider_name=_provider_name(config),
+        registry=_provider_registry(config),
     )
 
 
@@ -518,12 +549,12 @@ def _dataplane_test_scope(request: pytest.FixtureRequest) -> Iterator[None]:
     _collect.record_cluster(cluster)
     yield
     try:
-        _snapshot_after_test(cluster)
+        _snapshot_after_test(request.config, cluster)
     finally:
         cluster.reset()
 
 
-def _snapshot_after_test(cluster: Cluster) -> None:
+def _snapshot_after_test(config: pytest.Config, cluster: Cluster) -> None:
     # One reading of the cluster's figures per test, for the report (which never calls a
     # cluster). Here, in the fixture's teardown, a provider's failure becomes one error of
     # the test's teardown, with its cause, and the test's own outcome stands.
@@ -533,6 +564,12 @@ def _snapshot_after_test(cluster: Cluster) -> None:
     if record is None or record.outcome is None:
         return  # the test never ran (its setup failed): nothing to report on
     snapshot, error = _snapshot.take(cluster, unavailable_errors=(pytest.skip.Exception,))
+    facts = dict(snapshot.fingerprint or {})
+    config.hook.pytest_dataplane_update_fingerprint(
+        config=config, dataplane=snapshot.name, provider=snapshot.provider, fingerprint=facts
+    )
+    if facts != dict(snapshot.fingerprint or {}):
+        snapshot = dataclasses.replace(snapshot, fingerprint=facts)
     record.snapshots.append(snapshot)
     if error is not None:
         raise error
@@ -611,13 +648,16 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.option.help or config.option.version:
         return None
     plan = resolve_option(config, "dataplane_plan")
-    provider = resolve_option(config, "dataplane_provider")
-    if provider == "lab" and not plan:
+    provider = _provider_name(config)
+    registry = _provider_registry(config)
+    if not plan and registry[provider].check is None:
         return None
     from .providers import command_line
 
     try:
-        text = command_line(lambda dest: resolve_option(config, dest), provider, plan=plan)
+        text = command_line(
+            lambda dest: resolve_option(config, dest), provider, plan=plan, registry=registry
+        )
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     if text is None:

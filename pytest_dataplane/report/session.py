@@ -197,6 +197,8 @@ class ReportSession:
         candidate = document.build(self._environment(), results)
         if self.baseline is not None:
             self._compare(session, self.baseline, candidate)
+        if self.save_baseline or self.json_path:
+            self.config.hook.pytest_dataplane_update_json(config=self.config, document=candidate)
         for path, doc, what in (
             (self.save_baseline, candidate, "baseline"),
             (self.json_path, self._with_comparison(candidate), "JSON report"),

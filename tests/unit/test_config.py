@@ -15,7 +15,6 @@ from pytest_dataplane.config import (
     parse_duration,
     parse_fraction,
     parse_int_or_percent,
-    parse_provider,
     parse_rate,
     resolve_int_or_percent,
 )
@@ -157,12 +156,6 @@ def test_dataplane_lists() -> None:
         parse_dataplanes("iptables,bogus")
     with pytest.raises(ValueError, match="no dataplane"):
         parse_dataplanes(" , ")
-
-
-def test_providers() -> None:
-    assert parse_provider("Kind") == "kind"
-    with pytest.raises(ValueError, match="accepted: lab, kind, kubeconfig"):
-        parse_provider("docker")
 
 
 @pytest.mark.parametrize(
