@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from . import _collect, stats
 from . import _format as fmt
 from .config import parse_duration, parse_fraction
 from .errors import DataplaneAssertionError, InsufficientDataError, PytestDataplaneWarning
+
+if TYPE_CHECKING:
+    # For annotations only: the load generator and the providers sit above this module (the
+    # import-linter layers), and the helpers take their objects by duck typing at run time.
+    import numpy.typing as npt
+
+    from .load import DuetResult, LoadResult
+    from .providers.base import Cluster, RuleCount
+
+    #: What the latency helpers take: a load run's result, or latencies in seconds.
+    Latencies: TypeAlias = LoadResult | Sequence[float] | npt.NDArray[np.floating[Any]]
 
 __all__ = [
     "Verdict",
@@ -33,10 +44,11 @@ __all__ = [
     "assert_p99_below",
     "assert_percentile_below",
     "assert_programming_latency_below",
+    "regression_advice",
 ]
 
 Outcome = Literal["pass", "fail", "inconclusive"]
-# A send this late is late (pytest_dataplane.load._result.LATE; not imported: numpy-free
+# A send this late is late (pytest_dataplane.load._saturation.LATE; not imported: numpy-free
 # import of this module matters less than keeping the load package out of it).
 _LATE = 1e-3
 OnInconclusive = Literal["fail", "warn", "pass"]
@@ -323,7 +335,7 @@ def _check_percentile(q: object, name: str = "q") -> float:
 
 
 def assert_percentile_below(
-    data: Any,
+    data: Latencies,
     q: float,
     threshold: float | str,
     *,
@@ -366,22 +378,46 @@ def assert_percentile_below(
     )
 
 
-def assert_p50_below(data: Any, threshold: float | str, **kw: Any) -> Verdict:
+def assert_p50_below(
+    data: Latencies,
+    threshold: float | str,
+    *,
+    confidence: float = 0.95,
+    on_inconclusive: OnInconclusive = "fail",
+) -> Verdict:
     """Assert the median latency is below ``threshold`` (see :func:`assert_percentile_below`)."""
     __tracebackhide__ = True
-    return assert_percentile_below(data, 50, threshold, **kw)
+    return assert_percentile_below(
+        data, 50, threshold, confidence=confidence, on_inconclusive=on_inconclusive
+    )
 
 
-def assert_p95_below(data: Any, threshold: float | str, **kw: Any) -> Verdict:
+def assert_p95_below(
+    data: Latencies,
+    threshold: float | str,
+    *,
+    confidence: float = 0.95,
+    on_inconclusive: OnInconclusive = "fail",
+) -> Verdict:
     """Assert the p95 latency is below ``threshold`` (see :func:`assert_percentile_below`)."""
     __tracebackhide__ = True
-    return assert_percentile_below(data, 95, threshold, **kw)
+    return assert_percentile_below(
+        data, 95, threshold, confidence=confidence, on_inconclusive=on_inconclusive
+    )
 
 
-def assert_p99_below(data: Any, threshold: float | str, **kw: Any) -> Verdict:
+def assert_p99_below(
+    data: Latencies,
+    threshold: float | str,
+    *,
+    confidence: float = 0.95,
+    on_inconclusive: OnInconclusive = "fail",
+) -> Verdict:
     """Assert the p99 latency is below ``threshold`` (see :func:`assert_percentile_below`)."""
     __tracebackhide__ = True
-    return assert_percentile_below(data, 99, threshold, **kw)
+    return assert_percentile_below(
+        data, 99, threshold, confidence=confidence, on_inconclusive=on_inconclusive
+    )
 
 
 def _error_counts(result: Any) -> tuple[int, int]:
@@ -399,7 +435,7 @@ def _error_counts(result: Any) -> tuple[int, int]:
 
 
 def assert_error_rate_below(
-    result: Any,
+    result: LoadResult | tuple[int, int],
     max_rate: float | str,
     *,
     confidence: float = 0.95,
@@ -471,7 +507,10 @@ def assert_error_rate_below(
 
 
 def regression_advice(check: stats.RegressionCheck, pname: str) -> str:
-    """What a regression check found, in words (for assertion messages and comparisons)."""
+    """What a regression check found, in words: the advice line of
+    :func:`assert_no_regression`'s message and the reason of a
+    :func:`pytest_dataplane.baseline.compare` pair. ``pname`` names the quantile (``"p95"``).
+    """
     change, floor = check.change, check.max_increase
     if check.regressed:
         return (
@@ -532,8 +571,8 @@ def _dependence_note(check: stats.RegressionCheck) -> str:
 
 
 def assert_no_regression(
-    baseline: Any,
-    candidate: Any = None,
+    baseline: Latencies | DuetResult,
+    candidate: Latencies | None = None,
     *,
     quantile: float = 95,
     max_increase: float | str = 0.10,
@@ -645,7 +684,7 @@ def _rule_count(cluster_or_count: Any) -> tuple[int, str]:
     )
 
 
-def assert_kube_rules_at_most(cluster_or_count: Any, n: int) -> Verdict:
+def assert_kube_rules_at_most(cluster_or_count: Cluster | RuleCount | int, n: int) -> Verdict:
     """Assert that the dataplane holds at most ``n`` ``KUBE-`` rule lines.
 
     Counts what the motivating story counts: ``iptables-save`` lines (nat and filter, legacy
@@ -732,7 +771,7 @@ def _assert_every_below(
 
 
 def assert_programming_latency_below(
-    cluster: Any,
+    cluster: Cluster,
     threshold: float | str,
     *,
     quantile: float = 95,
@@ -767,7 +806,7 @@ def assert_programming_latency_below(
 
 
 def assert_dataplane_cpu_below(
-    cluster: Any,
+    cluster: Cluster,
     seconds_per_change: float | str,
     *,
     quantile: float = 95,
