@@ -100,6 +100,10 @@ def _story_argv(target: Target, duration: str) -> list[str]:
     ]
     if target.context:
         args.append(f"--dataplane-context={target.context}")
+    if target.lab is not None:
+        # The story needs no node access; asked for on lab nodes (whose pods are not
+        # containers), the run must say why there is none and go on.
+        args.append("--dataplane-node-access")
     return args
 
 
@@ -148,4 +152,38 @@ def test_story_on_an_existing_cluster(target: Target, pytester: pytest.Pytester)
     print("\n".join(result.outlines[-40:]))
     # One dataplane is detected and runs; the three others are skipped with what was found.
     result.assert_outcomes(passed=1, skipped=3)
-    assert result.stdout.str().count("the cluster runs") == 3
+    output = result.stdout.str()
+    assert output.count("the cluster runs") == 3
+    if target.lab is not None:
+        assert output.count("the cluster runs iptables (kube-proxy ConfigMap") == 3
+        assert "--dataplane-node-access was given, but node(s) node-0 are run by the " in output
+        assert "PASS         test_rollout_under_load[iptables]: error rate below 1%" in output
+
+
+def test_the_lab_api_server_refuses_privileged_pods_and_the_client_says_so(
+    target: Target,
+) -> None:
+    """What the real API server answers the node-agent DaemonSet (it runs without
+    --allow-privileged), as the provider reports it: the Status message, not the client's
+    dump of headers and body."""
+    if target.lab is None:
+        pytest.skip("about the lab's API server; the story ran on DATAPLANE_E2E_KUBECONFIG")
+    from pytest_dataplane.providers.k8s.api import KubernetesApi, api_error
+    from pytest_dataplane.providers.kubeconfig.agent import agent_daemonset
+    from pytest_dataplane.providers.lab.kube.lab import KubeLab
+
+    lab = target.lab
+    if not isinstance(lab, KubeLab):
+        raise TypeError(f"not a KubeLab: {lab!r}")
+    api = KubernetesApi(kubeconfig=str(lab.kubeconfig))  # the root namespace's forwarder
+    try:
+        with pytest.raises(Exception, match="422") as refused:
+            api.create(agent_daemonset("default", session="e2e"))
+        status, message = api_error(refused.value)
+    finally:
+        api.close()
+    assert status == 422
+    assert message == (
+        'DaemonSet.apps "dpt-node-agent" is invalid: spec.template.spec.containers[0]'
+        ".securityContext.privileged: Forbidden: disallowed by cluster policy"
+    )
