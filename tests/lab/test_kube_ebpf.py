@@ -180,10 +180,12 @@ def test_scaling_changes_the_map_and_is_recorded(ebpf_lab: KubeLab) -> None:
     assert {r["endpoint"] for r in added} == grown - before
     for r in added:
         assert r["port"] == "default/backend"
-        # The trigger comes from the slice's annotation (second resolution: it is at most
-        # a second earlier than the change); programming follows it within the test's span.
-        assert r["trigger_source"] == "annotation"
-        assert began - 1 <= r["trigger"] <= r["programmed"] <= time.time()
+        # The trigger is the slice's annotation (kept to the second: up to a second before
+        # the change) where the endpointslice controller wrote one (it leaves it out when
+        # its tracker saw no pod change to time), else when the controller saw the slice.
+        assert r["trigger_source"] in ("annotation", "seen")
+        earliest = began - 1 if r["trigger_source"] == "annotation" else began
+        assert earliest <= r["trigger"] <= r["programmed"] <= time.time()
         assert r["seconds"] == pytest.approx(r["programmed"] - r["trigger"])
         assert 0 <= r["seconds"] < time.time() - began + 1
     shrink = time.time()
