@@ -1,5 +1,6 @@
 """Real Kubernetes in the lab: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-kube-proxy and a node agent per node, as processes in network namespaces (no Docker).
+kube-proxy (or, for ``ebpf``, the lab's eBPF service controller, :mod:`.ebpfctl`) and a node
+agent per node, as processes in network namespaces (no Docker).
 
 :class:`~.lab.KubeLab` boots and removes one cluster; ``python -m pytest_dataplane lab up``
 (:mod:`.updown`) keeps one running for a person with kubectl.

@@ -616,8 +616,8 @@ class KubeLab:
         for name, binary in plan.iptables_links(backend).items():
             target = shutil.which(binary, path=search)
             if target is None:
-                if name.startswith("ip6"):
-                    continue  # an IPv4-only machine: kube-proxy runs its IPv4 proxier alone
+                # ip6tables too: a missing link would let the PATH find the machine's own
+                # ip6tables, of the other backend.
                 raise DataplaneUnavailable(
                     f"{binary} not found (iptables backend {backend!r}): apt-get install "
                     "iptables, or choose the other backend (accepted: auto, legacy, nft)"
