@@ -6,7 +6,9 @@ requests cross the dataplane; scaling and rollouts are template changes that the
 Deployment controller carries out; background services are selectorless Services with
 EndpointSlices of their own; an EndpointSlice watch turns endpoint changes into events.
 Node-level numbers (rules, CPU, kube-proxy's histogram) need the provider's
-:class:`~.nodes.NodeAccess`.
+:class:`~.nodes.NodeAccess`. A provider that knows more than the API tells (the lab: its own
+processes' cgroups, its eBPF controller's exact programming records, its backend's service
+times) plugs that in through the hooks of :class:`KubeCluster`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +39,7 @@ from ..rules import summarize
 from . import resources
 from .api import KubeApi
 from .cilium import parse_lb_list
-from .dataplane import CpuSampler, DataplanePods
+from .dataplane import CpuSampler, CpuSource, DataplanePods, PodCpuSource
 from .metrics import (
     attribute_cpu,
     diff_histogram,
@@ -50,7 +52,13 @@ from .probe import Probe, Prober
 from .traffic import TrafficPath
 from .watch import EndpointTracker, SliceWatcher
 
-__all__ = ["KubeCluster", "KubeService", "format_events", "load_manifests"]
+__all__ = [
+    "KubeCluster",
+    "KubeService",
+    "ProgrammingSource",
+    "format_events",
+    "load_manifests",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,19 @@ def _skip(reason: str) -> None:
     import pytest
 
     pytest.skip(reason)
+
+
+class ProgrammingSource(Protocol):
+    """Exact network-programming latencies that a provider reads from its dataplane (the
+    lab's eBPF controller records each endpoint change it programs)."""
+
+    @property
+    def name(self) -> str:
+        """What the figures are, for the fingerprint (``programming_latency_source``)."""
+
+    def latencies(self, since_wall: float) -> list[float]:
+        """Seconds from each endpoint change triggered at or after ``since_wall`` (seconds
+        since the epoch) to the dataplane having programmed it."""
 
 
 def load_manifests(
@@ -176,6 +197,13 @@ class KubeCluster:
         timeout: float = DEFAULT_TIMEOUT,
         cpu_interval: float = 1.0,
         start_threads: bool = True,
+        backend: str = "netexec",
+        cpu_source: CpuSource | None = None,
+        programming: ProgrammingSource | None = None,
+        service_map: Callable[[], int] | None = None,
+        diagnostics: Callable[[float], list[tuple[str, str]]] | None = None,
+        settle: Callable[[float], None] | None = None,
+        proxy_histogram: bool | None = None,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -191,6 +219,25 @@ class KubeCluster:
         self.restrict_apply_to_namespace = restrict_apply_to_namespace
         self.hubble = hubble
         self.timeout = timeout
+        # The provider's hooks (None: what the Kubernetes API and node access give):
+        # ``backend`` runs in the pods ("lab" honours service_time); ``cpu_source`` reads the
+        # dataplane's CPU; ``programming`` gives exact per-change latencies;
+        # ``service_map`` counts a BPF service map's entries (ebpf); ``diagnostics(since)``
+        # adds sections; ``settle(timeout)`` waits until the dataplane caught up with the API;
+        # ``proxy_histogram`` says whether kube-proxy's histogram is the latency source (None:
+        # whether the nodes publish it at start; a fresh kube-proxy publishes it only once it
+        # has observed a change).
+        if backend not in resources.BACKENDS:
+            raise ValueError(
+                f"backend: {backend!r} is not accepted; accepted: {', '.join(resources.BACKENDS)}"
+            )
+        self.backend = backend
+        self.cpu_source = cpu_source
+        self.programming = programming
+        self.service_map = service_map
+        self._extra_diagnostics = diagnostics
+        self._settle = settle
+        self._proxy_histogram = proxy_histogram
         self._facts = dict(facts or {})
         self._on_close = on_close
         self._lock = threading.Lock()
@@ -216,20 +263,20 @@ class KubeCluster:
         """Start the EndpointSlice watch, the prober or histogram baseline, and CPU sampling."""
         self.watcher = SliceWatcher(self.api, self.namespace, self.tracker, self._record)
         self.watcher.start()
-        if self.name != "ebpf" and self.node_access is not None:
+        if self.programming is not None:
+            self.latency_source = self.programming.name
+        elif self.name != "ebpf" and self.node_access is not None:
             base = self._read_histograms()
-            if any(base.values()):
+            if self._proxy_histogram if self._proxy_histogram is not None else any(base.values()):
                 self._histogram_base = base
                 self.latency_source = "kube-proxy histogram"
-        if self._histogram_base is None:
+        if self._histogram_base is None and self.programming is None:
             self.prober = Prober(fetch=self.traffic.hostname)
-        if self.node_access is not None:
-            self.cpu = CpuSampler(
-                self.node_access,
-                self.dataplane_pods,
-                self.dataplane_pod_objects,
-                interval=cpu_interval,
-            )
+        source = self.cpu_source
+        if source is None and self.node_access is not None:
+            source = PodCpuSource(self.node_access, self.dataplane_pods, self.dataplane_pod_objects)
+        if source is not None:
+            self.cpu = CpuSampler(source, interval=cpu_interval)
             self.cpu.start()
 
     def __repr__(self) -> str:
@@ -276,7 +323,8 @@ class KubeCluster:
         port: int = 80,
     ) -> KubeService:
         check_deploy_args(name, replicas, port)
-        if ServiceTime.parse(service_time) is not None:
+        parsed = ServiceTime.parse(service_time)
+        if parsed is not None and self.backend != "lab":
             _skip(
                 f"service_time={service_time!r}: emulated service times need the lab's backend; "
                 f"on {self.provider} backends are agnhost netexec, which answers at once"
@@ -285,7 +333,13 @@ class KubeCluster:
             if name in self._services:
                 raise ValueError(f"deploy: {name!r} is already deployed; use service({name!r})")
         deployment = resources.deployment(
-            name, self.namespace, replicas=replicas, image=self.backend_image, session=self.session
+            name,
+            self.namespace,
+            replicas=replicas,
+            image=self.backend_image,
+            session=self.session,
+            backend=self.backend,
+            service_time=None if parsed is None else parsed.spec,
         )
         svc = resources.service(
             name,
@@ -320,7 +374,7 @@ class KubeCluster:
         started = now()
 
         def create(i: int) -> None:
-            name = f"dpt-bg-{start + i:05d}"
+            name = f"{resources.BACKGROUND_PREFIX}{start + i:05d}"
             mine = addresses[i * endpoints : (i + 1) * endpoints]
             self.api.create(
                 resources.background_service(name, self.namespace, session=self.session)
@@ -445,6 +499,7 @@ class KubeCluster:
             max_unavailable=max_unavailable,
             grace=grace,
             revision=uuid.uuid4().hex[:12],
+            backend=self.backend,
         )
         old = {p for p in self.tracker.ready(service.name).values() if p}
         self._event(
@@ -477,7 +532,9 @@ class KubeCluster:
         nodes = self._require_nodes("counting rules")
         found = count_rules(nodes)
         service_map: int | None = None
-        if self.name == "ebpf" and self.dataplane_pods.cli:
+        if self.service_map is not None:
+            service_map = self.service_map()
+        elif self.name == "ebpf" and self.dataplane_pods.cli:
             service_map = 0
             for pod in self.dataplane_pod_objects():
                 done = self.api.exec(
@@ -514,6 +571,8 @@ class KubeCluster:
         return result
 
     def programming_latencies(self) -> npt.NDArray[np.float64]:
+        if self.programming is not None:
+            return np.asarray(self.programming.latencies(self._window_wall), dtype=np.float64)
         if self._histogram_base is not None:
             after = self._read_histograms()
             values = [
@@ -578,6 +637,11 @@ class KubeCluster:
         logs, and hubble flows when hubble is on. Each part is best effort."""
         since = max(1, math.ceil(time.time() - self._window_wall) + 5)
         sections: list[tuple[str, str]] = []
+        if self._extra_diagnostics is not None:
+            try:
+                sections += self._extra_diagnostics(self._window_wall)
+            except Exception as exc:
+                sections.append(("dataplane", f"unavailable: {exc}"))
         for namespace in (self.namespace, "kube-system"):
             try:
                 items, _ = self.api.list_items("v1", "Event", namespace)
@@ -654,6 +718,17 @@ class KubeCluster:
             if not items:
                 break
             time.sleep(0.5)
+        if self._settle is not None:
+            # The workload's pods gone (their grace periods over) and the dataplane caught up
+            # with the deletions: the next test's window must not measure this one's cleanup.
+            while now() < deadline:
+                pods, _ = self.api.list_items(
+                    "v1", "Pod", self.namespace, label_selector=selector_workload
+                )
+                if not pods:
+                    break
+                time.sleep(0.2)
+            self._settle(max(1.0, deadline - now()))
         with self._lock:
             self._services.clear()
             self._events.clear()

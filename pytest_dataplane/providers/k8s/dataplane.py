@@ -1,5 +1,10 @@
 """The dataplane's agent on a Kubernetes cluster (kube-proxy, or cilium-agent for ebpf): which
-pods it runs in, and the CPU its containers spend, sampled from their cgroups on each node."""
+pods it runs in, and the CPU it spends, sampled once per interval.
+
+Where the CPU counters come from is a :class:`CpuSource`: on kind and an existing cluster the
+dataplane containers' cgroups, found on each node from the pods' container ids
+(:class:`PodCpuSource`); the lab reads the cgroups of its own processes directly.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ...events import now
 from .metrics import (
@@ -20,7 +25,7 @@ from .metrics import (
 )
 from .nodes import NodeAccess
 
-__all__ = ["CpuSampler", "DataplanePods"]
+__all__ = ["CpuReading", "CpuSampler", "CpuSource", "DataplanePods", "PodCpuSource"]
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +46,85 @@ class DataplanePods:
         return cls("k8s-app=kube-proxy", "kube-proxy")
 
 
-@dataclass
-class CpuSampler:
-    """Samples the dataplane containers' cumulative CPU on every node, once per interval.
+@dataclass(frozen=True)
+class CpuReading:
+    """Cumulative CPU counters (seconds) keyed by where they were read (node and cgroup),
+    and why the dataplane's CPU cannot be read in full (None when it can)."""
 
-    ``pods`` lists the dataplane agent's pods (their container ids say which cgroups to
-    read); the counters are read on each node through ``nodes``.
-    """
+    counters: dict[str, float]
+    unavailable: str | None = None
+
+
+class CpuSource(Protocol):
+    """Reads the dataplane's cumulative CPU counters."""
+
+    def read(self) -> CpuReading:
+        """The counters now; a counter that restarts from zero is a restarted process."""
+
+
+@dataclass
+class PodCpuSource:
+    """The dataplane containers' cgroups on each node: ``pods`` lists the dataplane agent's
+    pods (their container ids say which cgroups to read); the counters are read on each node
+    through ``nodes``."""
 
     nodes: NodeAccess
     dataplane: DataplanePods
     pods: Callable[[], list[dict[str, Any]]]
+    _paths: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> id -> cgroup
+
+    def _resolve(self) -> dict[str, list[str]]:
+        wanted: dict[str, list[str]] = {}
+        for pod in self.pods():
+            node = pod.get("spec", {}).get("nodeName")
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                if status.get("name") == self.dataplane.container and status.get("containerID"):
+                    wanted.setdefault(node, []).append(container_id(status["containerID"]))
+        return wanted
+
+    def read(self) -> CpuReading:
+        nodes = self.nodes
+        wanted = self._resolve()
+        counters: dict[str, float] = {}
+        problems: list[str] = []
+        if not wanted:
+            pods = self.dataplane
+            problems.append(
+                f"no running {pods.container} container found (pods {pods.label_selector} "
+                "in kube-system)"
+            )
+        for node, ids in wanted.items():
+            known = self._paths.setdefault(node, {})
+            missing = [cid for cid in ids if cid not in known]
+            if missing:
+                known.update(parse_cgroup_find(nodes.run(node, cgroup_find_script(missing))))
+            problems += [cpu_unavailable_reason(node, cid) for cid in ids if cid not in known]
+            paths = [known[cid] for cid in ids if cid in known]
+            if not paths:
+                continue
+            for path, value in parse_cgroup_read(
+                nodes.run(node, cgroup_read_script(paths))
+            ).items():
+                if value is not None:
+                    counters[f"{node}:{path}"] = value
+        return CpuReading(counters, "; ".join(problems) or None)
+
+
+@dataclass
+class CpuSampler:
+    """Samples the dataplane's cumulative CPU from ``source`` once per interval, summing
+    the increments of every counter (a counter that went down restarted from zero)."""
+
+    source: CpuSource
     interval: float = 1.0
     samples: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    _paths: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> id -> cgroup
     _last: dict[str, float] = field(default_factory=dict)
     unavailable: str | None = None
     _total: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sample_lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -83,57 +147,28 @@ class CpuSampler:
                 log.warning("CPU sampling failed: %s", exc)
             self._stop.wait(self.interval)
 
-    def _resolve(self) -> dict[str, list[str]]:
-        wanted: dict[str, list[str]] = {}
-        for pod in self.pods():
-            node = pod.get("spec", {}).get("nodeName")
-            for status in pod.get("status", {}).get("containerStatuses") or []:
-                if status.get("name") == self.dataplane.container and status.get("containerID"):
-                    wanted.setdefault(node, []).append(container_id(status["containerID"]))
-        return wanted
-
     def sample(self) -> float:
         """Take one sample now; returns the cumulative CPU seconds.
 
-        :attr:`unavailable` then says why the dataplane's CPU cannot be read in full (no
-        dataplane container, or one whose cgroup holds no CPU counter), or is None.
+        :attr:`unavailable` then says why the dataplane's CPU cannot be read in full, or is
+        None.
         """
-        nodes = self.nodes
-        wanted = self._resolve()
-        taken = now()
-        increment = 0.0
-        problems: list[str] = []
-        if not wanted:
-            pods = self.dataplane
-            problems.append(
-                f"no running {pods.container} container found (pods {pods.label_selector} "
-                "in kube-system)"
-            )
-        for node, ids in wanted.items():
-            known = self._paths.setdefault(node, {})
-            missing = [cid for cid in ids if cid not in known]
-            if missing:
-                known.update(parse_cgroup_find(nodes.run(node, cgroup_find_script(missing))))
-            problems += [cpu_unavailable_reason(node, cid) for cid in ids if cid not in known]
-            paths = [known[cid] for cid in ids if cid in known]
-            if not paths:
-                continue
-            for path, value in parse_cgroup_read(
-                nodes.run(node, cgroup_read_script(paths))
-            ).items():
-                key = f"{node}:{path}"
-                if value is None:
-                    continue
+        # One sample at a time: the thread and a caller's sample() must not both difference
+        # against the same previous counters.
+        with self._sample_lock:
+            reading = self.source.read()
+            taken = now()
+            increment = 0.0
+            for key, value in reading.counters.items():
                 previous = self._last.get(key)
                 if previous is not None:
-                    # a restarted container starts its counter from zero
                     increment += value - previous if value >= previous else value
                 self._last[key] = value
-        with self._lock:
-            self.unavailable = "; ".join(problems) or None
-            self._total += increment
-            self.samples.append((taken, self._total))
-            return self._total
+            with self._lock:
+                self.unavailable = reading.unavailable
+                self._total += increment
+                self.samples.append((taken, self._total))
+                return self._total
 
     def window(self, start: float) -> list[tuple[float, float]]:
         """Samples from ``start`` on, with the last one before it (to difference against)."""

@@ -18,7 +18,9 @@ from ...config import parse_duration, parse_int_or_percent
 __all__ = [
     "AGNHOST_IMAGE",
     "APP_LABEL",
+    "BACKENDS",
     "BACKEND_PORT",
+    "BACKGROUND_PREFIX",
     "MANAGED_BY",
     "ROLE_LABEL",
     "SESSION_LABEL",
@@ -26,6 +28,7 @@ __all__ = [
     "background_service",
     "background_slice",
     "check_name",
+    "cluster_ip",
     "deployment",
     "lb_address",
     "managed_labels",
@@ -51,6 +54,11 @@ SLICE_MANAGER: Final = "pytest-dataplane"  # endpointslice.kubernetes.io/managed
 AGNHOST_IMAGE: Final = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 BACKEND_PORT: Final = 8080
 CONTAINER: Final = "backend"
+# What runs in the backend pods: agnhost netexec (kind, an existing cluster), or the lab's
+# own backend (the lab's node agent runs it for ``backend:<version>`` images), which also
+# emulates an application's service time.
+BACKENDS: Final = ("netexec", "lab")
+BACKGROUND_PREFIX: Final = "dpt-bg-"  # names of the background Services
 # RFC 2544's benchmarking range: background endpoints are never sent traffic, and these
 # addresses can never be anybody's real pod.
 BACKGROUND_RANGE: Final = ipaddress.IPv4Network("198.18.0.0/15")
@@ -100,6 +108,25 @@ def _grace_seconds(grace: float | str) -> float:
     return parse_duration(grace, name="grace")
 
 
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not accepted; accepted: {', '.join(BACKENDS)}")
+    return backend
+
+
+def _drain(backend: str, seconds: float) -> dict[str, Any]:
+    """How a terminating backend keeps serving for ``seconds``: netexec's --delay-shutdown,
+    or for the lab backend a preStop sleep (it answers while the hook sleeps, gets SIGTERM
+    after), the usual way to give every proxier time to drop a leaving pod."""
+    if backend == "netexec":
+        return {"args": _netexec_args(seconds)}
+    return {"lifecycle": {"preStop": {"exec": {"command": ["sleep", f"{seconds:g}"]}}}}
+
+
+def _lab_env(service_time: str | None) -> list[dict[str, str]]:
+    return [] if service_time is None else [{"name": "SERVICE_TIME", "value": service_time}]
+
+
 def deployment(
     name: str,
     namespace: str,
@@ -108,13 +135,36 @@ def deployment(
     image: str,
     session: str,
     grace: float | str = "1s",
+    backend: str = "netexec",
+    service_time: str | None = None,
 ) -> dict[str, Any]:
-    """A Deployment of ``replicas`` agnhost netexec backends answering on :data:`BACKEND_PORT`."""
+    """A Deployment of ``replicas`` backends answering on :data:`BACKEND_PORT`: agnhost
+    netexec, or the lab's backend (``backend="lab"``), which alone takes a ``service_time``
+    (a :class:`~pytest_dataplane.config.ServiceTime` spec, passed as ``SERVICE_TIME``)."""
     check_name(name, what="deploy name")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         raise ValueError(f"replicas: {replicas!r} is not accepted; accepted: an integer >= 0")
+    _check_backend(backend)
+    if service_time is not None and backend != "lab":
+        raise ValueError(
+            f"service_time: {service_time!r} needs the lab backend; agnhost netexec answers at once"
+        )
     seconds = _grace_seconds(grace)
     labels = {**managed_labels(session, "workload"), APP_LABEL: name}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        **_drain(backend, seconds),
+        "ports": [{"name": "http", "containerPort": BACKEND_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/hostname", "port": BACKEND_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+        },
+    }
+    if backend == "lab" and service_time is not None:
+        container["env"] = _lab_env(service_time)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -130,20 +180,7 @@ def deployment(
                 "metadata": {"labels": labels},
                 "spec": {
                     "terminationGracePeriodSeconds": math.ceil(seconds) + 5,
-                    "containers": [
-                        {
-                            "name": CONTAINER,
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": _netexec_args(seconds),
-                            "ports": [{"name": "http", "containerPort": BACKEND_PORT}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/hostname", "port": BACKEND_PORT},
-                                "periodSeconds": 1,
-                                "failureThreshold": 1,
-                            },
-                        }
-                    ],
+                    "containers": [container],
                 },
             },
         },
@@ -154,13 +191,15 @@ def service(
     name: str, namespace: str, *, port: int, session: str, service_type: str = "NodePort"
 ) -> dict[str, Any]:
     """The Service in front of :func:`deployment` ``name`` (NodePort by default: the host
-    reaches it through a node, so traffic crosses the dataplane)."""
+    reaches it through a node, so traffic crosses the dataplane; ClusterIP where the client
+    runs inside the cluster's network, as in the lab)."""
     check_name(name, what="deploy name")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port: {port!r} is not accepted; accepted: 1 to 65535")
-    if service_type not in ("NodePort", "LoadBalancer"):
+    if service_type not in ("NodePort", "LoadBalancer", "ClusterIP"):
         raise ValueError(
-            f"service type: {service_type!r} is not accepted; accepted: NodePort, LoadBalancer"
+            f"service type: {service_type!r} is not accepted; accepted: NodePort, "
+            "LoadBalancer, ClusterIP"
         )
     return {
         "apiVersion": "v1",
@@ -249,9 +288,11 @@ def rollout_patch(
     max_unavailable: int | str,
     grace: float | str,
     revision: str,
+    backend: str = "netexec",
 ) -> dict[str, Any]:
     """Strategic-merge patch that replaces every pod (a new template revision) with the given
     RollingUpdate parameters; pods created from it drain for ``grace`` when they stop."""
+    _check_backend(backend)
     surge = _int_or_percent(max_surge, "max_surge")
     unavailable = _int_or_percent(max_unavailable, "max_unavailable")
     if surge in (0, "0%") and unavailable in (0, "0%"):
@@ -270,7 +311,7 @@ def rollout_patch(
                 "metadata": {"annotations": {REVISION_ANNOTATION: revision}},
                 "spec": {
                     "terminationGracePeriodSeconds": math.ceil(seconds) + 5,
-                    "containers": [{"name": CONTAINER, "args": _netexec_args(seconds)}],
+                    "containers": [{"name": CONTAINER, **_drain(backend, seconds)}],
                 },
             },
         }
@@ -329,6 +370,12 @@ def lb_address(svc: Mapping[str, Any]) -> str | None:
         if entry.get("ip") or entry.get("hostname"):
             return str(entry.get("ip") or entry.get("hostname"))
     return None
+
+
+def cluster_ip(svc: Mapping[str, Any]) -> str | None:
+    """A Service's cluster IP (None while unallocated, or for a headless Service)."""
+    address = svc.get("spec", {}).get("clusterIP")
+    return str(address) if address and address != "None" else None
 
 
 def url_for(host: str, port: int) -> str:

@@ -1,4 +1,11 @@
-"""LabProvider: creates lab clusters, one session (prefix, state, cgroup) per provider."""
+"""LabProvider: creates lab clusters, one session (prefix, state, cgroup) per provider.
+
+Each dataplane gets one real Kubernetes cluster in network namespaces (:class:`~.kube.lab.KubeLab`,
+tagged by dataplane inside the session), booted when a test first asks for it, and seen
+through the same :class:`~pytest_dataplane.providers.k8s.cluster.KubeCluster` as kind and an
+existing cluster; what differs in the lab (its nodes are namespaces, its client a namespace
+and a cgroup, its CPU and eBPF records read directly) comes from :mod:`.kube.access`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,10 @@ __all__ = ["LabProvider"]
 
 _TAGS = {"iptables": "ipt", "nftables": "nft", "ebpf": "bpf", "ipvs": "ipvs"}
 DEFAULT_MIN_SYNC_PERIOD = 1.0  # kube-proxy's --min-sync-period default
+ENGINES = ("kube", "imitation")
+# The image the lab's node agent runs as its backend (version v1), which honours SERVICE_TIME.
+BACKEND_IMAGE = "backend:v1"
+IPVS_REFUSAL = "the lab has no ipvs proxier for this kernel; use --dataplane-provider=kind"
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -35,7 +46,12 @@ class LabProvider:
     name = "lab"
 
     def __init__(
-        self, *, iptables_backend: str = "auto", min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
+        self,
+        *,
+        iptables_backend: str = "auto",
+        min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD,
+        kube_bin: str | None = None,
+        engine: str = "imitation",
     ) -> None:
         if iptables_backend not in ("auto", "legacy", "nft"):
             raise ValueError(
@@ -44,8 +60,12 @@ class LabProvider:
             )
         if min_sync_period < 0:
             raise ValueError(f"min_sync_period: {min_sync_period!r} must be >= 0 seconds")
+        if engine not in ENGINES:
+            raise ValueError(f"engine: {engine!r} is not accepted; accepted: {', '.join(ENGINES)}")
         self.iptables_backend = iptables_backend
         self.min_sync_period = min_sync_period
+        self.kube_bin = kube_bin
+        self.engine = engine
         self._session: Session | None = None
         self._clusters: list[Any] = []
         self._lock = threading.Lock()
@@ -56,10 +76,20 @@ class LabProvider:
         return cls(
             iptables_backend=option("dataplane_iptables_backend"),
             min_sync_period=option("dataplane_min_sync_period"),
+            kube_bin=option("dataplane_kube_bin"),
         )
 
     def availability(self, dataplane: str) -> str | None:
-        return doctor.unavailable_reason(dataplane, self.iptables_backend)
+        reason = doctor.unavailable_reason(dataplane, self.iptables_backend)
+        if reason is not None or self.engine != "kube":
+            return reason
+        if dataplane == "ipvs":
+            return IPVS_REFUSAL
+        missing = [c for c in doctor.kube_checks(self.kube_bin) if not c.ok]
+        if missing:
+            fix = f" (fix: {missing[0].fix})" if missing[0].fix else ""
+            return f"{missing[0].what}: {missing[0].detail}{fix}"
+        return None
 
     def _ensure_session(self) -> Session:
         with self._lock:
@@ -73,6 +103,8 @@ class LabProvider:
         reason = self.availability(dataplane)
         if reason is not None:
             raise DataplaneUnavailable(f"{dataplane} cannot run in the lab here: {reason}")
+        if self.engine == "kube":
+            return self._create_kube(dataplane)
         from .cluster import LabCluster
 
         session = self._ensure_session()
@@ -120,9 +152,7 @@ class LabProvider:
                     node_netns=cluster.topology.node,
                 )
         else:
-            raise DataplaneUnavailable(
-                "the lab has no ipvs proxier for this kernel; use --dataplane-provider=kind"
-            )
+            raise DataplaneUnavailable(IPVS_REFUSAL)
         cgroup_root = session.cgroup if dataplane == "ebpf" else None
         cluster = LabCluster(
             dataplane,
@@ -137,6 +167,96 @@ class LabProvider:
         with self._lock:
             self._clusters.append(cluster)
         return cluster
+
+    def _create_kube(self, dataplane: str) -> Any:
+        from ..k8s import resources
+        from ..k8s.api import KubernetesApi
+        from ..k8s.cluster import KubeCluster
+        from ..k8s.dataplane import DataplanePods
+        from .kube import access
+        from .kube.lab import KubeLab
+
+        if dataplane not in ("iptables", "nftables", "ebpf"):
+            raise DataplaneUnavailable(IPVS_REFUSAL)
+        session = self._ensure_session()
+        tag = _TAGS[dataplane]
+        lab = KubeLab(
+            dataplane=dataplane,
+            session=session,
+            tag=tag,
+            # Pod namespaces are named after their node within the session: one set of node
+            # names per cluster.
+            node_prefix=f"{tag}-node",
+            kube_bin_dir=self.kube_bin,
+            min_sync_period=None if dataplane == "ebpf" else self.min_sync_period,
+            iptables_backend=self.iptables_backend,
+        )
+        with self._lock:
+            self._clusters.append(lab)  # stopped by close() whatever happens next
+        lab.start()
+        api = KubernetesApi(kubeconfig=str(lab.kubeconfig))
+        traffic: access.LabTrafficPath | None = None
+        try:
+            namespace = f"dpt-{session.prefix}"
+            api.create(resources.namespace(namespace, session.prefix))
+            traffic = access.LabTrafficPath(
+                lab, prober_cgroup=None if lab.cgroup is None else lab.cgroup / "client-prober"
+            )
+            cluster = KubeCluster(
+                api=api,
+                provider="lab",
+                dataplane=dataplane,
+                namespace=namespace,
+                session=session.prefix,
+                backend_image=BACKEND_IMAGE,
+                traffic=traffic,
+                dataplane_pods=DataplanePods.for_dataplane(dataplane),
+                node_access=access.LabNodes(lab),
+                backend="lab",
+                cpu_source=access.LabCpuSource(lab),
+                programming=(
+                    access.EbpfProgramming(lab, namespace) if dataplane == "ebpf" else None
+                ),
+                service_map=(lambda: access.ebpf_service_entries(lab))
+                if dataplane == "ebpf"
+                else None,
+                diagnostics=lambda since: access.dataplane_logs(lab),
+                settle=lambda timeout: access.wait_settled(lab, timeout=timeout),
+                proxy_histogram=dataplane != "ebpf",
+                facts=self._kube_facts(dataplane, lab),
+                on_close=_closer(lab, api, traffic),
+            )
+        except BaseException:
+            if traffic is not None:
+                traffic.close()
+            api.close()
+            raise
+        with self._lock:
+            self._clusters.remove(lab)
+            self._clusters.append(cluster)
+        return cluster
+
+    def _kube_facts(self, dataplane: str, lab: Any) -> dict[str, Any]:
+        binaries = lab.binaries
+        facts: dict[str, Any] = {
+            "kernel": platform.release(),
+            "lab": "kube",
+            "kubernetes": binaries.version("kube-apiserver") or "unknown",
+            "kube_binaries": binaries.source,
+            "nodes": len(lab.node_names),
+        }
+        if dataplane == "ebpf":
+            facts["ebpf_controller"] = "lab cgroup/connect4 (watches Services, EndpointSlices)"
+            facts["bpftool"] = _tool_version(["bpftool", "version"])
+            facts["clang"] = _tool_version(["clang", "--version"])
+        else:
+            facts["kube_proxy_mode"] = dataplane
+            facts["min_sync_period"] = self.min_sync_period
+            facts["nft"] = _tool_version(["nft", "--version"])
+            if dataplane == "iptables":
+                facts["iptables_backend"] = lab.iptables_backend
+                facts["iptables"] = _tool_version(["iptables", "--version"])
+        return facts
 
     def close(self) -> None:
         """Close every cluster and remove the session's remains."""
@@ -156,6 +276,25 @@ class LabProvider:
             atexit.unregister(self.close)
         if errors:
             raise DataplaneError("; ".join(errors))
+
+
+def _closer(lab: Any, api: Any, traffic: Any) -> Callable[[], None]:
+    def close() -> None:
+        # Every step runs whatever the one before did; the lab's stop() removes it all.
+        problems: list[str] = []
+        for what, step in (
+            ("client prober", traffic.close),
+            ("API client", api.close),
+            ("lab cluster", lab.stop),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                problems.append(f"{what}: {exc}")
+        if problems:
+            raise DataplaneError("; ".join(problems))
+
+    return close
 
 
 def _interrupt_on_sigterm() -> None:
