@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dataplane._host import cgroup2_mount
+from pytest_dataplane._host import NETNS_DIR, cgroup2_mount
 from pytest_dataplane.errors import DataplaneError
 from pytest_dataplane.load import LoadFactory, run
 
@@ -181,7 +181,7 @@ def test_the_engine_runs_inside_the_namespace_and_the_cgroup(
     counters = _server_counters(server, output)
     assert result.completed == result.scheduled == 60
     assert counters["requests"] == 60
-    inode = os.stat(f"/run/netns/{netns}").st_ino
+    inode = os.stat(f"{NETNS_DIR}/{netns}").st_ino
     workers = result.extra["workers"]
     assert len(workers) == processes
     for worker in workers:
