@@ -3,13 +3,17 @@ contents, and the endpoint changes (with their triggers) that programming them m
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_dataplane.providers.lab._types import Endpoint
+from pytest_dataplane.providers.lab._types import Endpoint, SyncResult
 from pytest_dataplane.providers.lab.kube.ebpfctl import (
+    RECORDS_FILE,
     TRIGGER_ANNOTATION,
+    Controller,
     Model,
     parse_service,
     parse_slice,
@@ -182,8 +186,17 @@ def test_model_records_each_endpoint_change_with_its_trigger() -> None:
         ("10.0.0.2:8080", "added", 120.0, "annotation"),
         ("10.0.0.3:8080", "added", 125.0, "seen"),
     ]
-    line = record("default/web", Endpoint("10.0.0.3", 8080), changes[0][2], 125.5)
-    assert set(line) >= {"service", "endpoint", "change", "trigger", "programmed", "seconds"}
+    pending = next(p for _, e, p in changes if str(e) == "10.0.0.3:8080")
+    assert record("default/web", Endpoint("10.0.0.3", 8080), pending, 125.5) == {
+        "service": "default/web",
+        "port": "default/web",
+        "endpoint": "10.0.0.3:8080",
+        "change": "added",
+        "trigger": 125.0,
+        "trigger_source": "seen",
+        "programmed": 125.5,
+        "seconds": 0.5,
+    }
 
 
 def test_a_change_undone_before_programming_is_no_change() -> None:
@@ -235,7 +248,7 @@ def test_relist_replaces_everything_and_finds_what_changed_meanwhile() -> None:
     ]
 
 
-def test_five_thousand_services_model_in_linear_time() -> None:
+def test_five_thousand_services_by_three_endpoints() -> None:
     # The background services of a scale test: 5,000 services x 3 endpoints, as events.
     model = Model()
     for i in range(5000):
@@ -248,3 +261,49 @@ def test_five_thousand_services_model_in_linear_time() -> None:
     assert len(dirty) == 5000
     assert len(changes) == 15000
     assert sum(len(s.endpoints) for s in model.specs.values()) == 15000
+
+
+class FakeProxier:
+    """Stands in for the BPF load balancer: remembers what each sync was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, tuple[str, ...]], set[str] | None]] = []
+
+    def sync(self, services: Any, changed: Any) -> SyncResult:
+        snapshot = {n: tuple(str(e) for e in s.endpoints) for n, s in services.items()}
+        self.calls.append((snapshot, None if changed is None else set(changed)))
+        return SyncResult(wall=0.001, cpu=0.001, written=1, full=changed is None)
+
+
+def test_a_burst_of_events_is_one_programming(tmp_path: Path) -> None:
+    controller = Controller("/nonexistent/kubeconfig", "/sys/fs/cgroup/x", tmp_path)
+    fake = FakeProxier()
+    controller.proxier = fake  # type: ignore[assignment]
+    controller.events.put(("list", "services", [service()], 1.0))
+    assert controller.step(0) is False  # one list of two: nothing programmed yet
+    assert fake.calls == []
+    controller.events.put(("list", "slices", [endpoint_slice("s1", ["10.0.0.1"])], 1.0))
+    assert controller.step(0) is True
+    assert fake.calls == [({"default/web": ("10.0.0.1:8080",)}, None)]  # the first is full
+    # 50 services and their slices arrive while nothing is programming: one sync for all.
+    for i in range(50):
+        controller.events.put(("event", "services", "ADDED", service(f"s{i}", f"10.96.1.{i}"), 2.0))
+        piece = endpoint_slice(f"s{i}-1", [f"10.1.0.{i}"], service_name=f"s{i}")
+        controller.events.put(("event", "slices", "ADDED", piece, 3.0))
+    assert controller.step(0) is True
+    assert len(fake.calls) == 2
+    specs, changed = fake.calls[1]
+    assert changed == {f"default/s{i}" for i in range(50)}
+    assert len(specs) == 51
+    lines = [json.loads(x) for x in (tmp_path / RECORDS_FILE).read_text().splitlines()]
+    assert len(lines) == 1 + 50
+    assert {r["service"] for r in lines[1:]} == {f"default/s{i}" for i in range(50)}
+    assert all(r["seconds"] == r["programmed"] - r["trigger"] for r in lines)
+    # Nothing queued: no sync at all.
+    assert controller.step(0) is True
+    assert len(fake.calls) == 2
+    # A relist after 410 Gone programs everything again (repairs drift).
+    controller.events.put(("list", "services", [service()], 9.0))
+    controller.step(0)
+    assert fake.calls[-1][1] is None
+    assert list(fake.calls[-1][0]) == ["default/web"]

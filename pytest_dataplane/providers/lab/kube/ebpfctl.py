@@ -521,6 +521,29 @@ class Controller:
             result.detail,
         )
 
+    def step(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for an event, take it and every other one queued, and
+        program what they changed; returns whether both lists have been applied (until then
+        nothing is programmed: a half-known cluster would remove the other half's services).
+        """
+        try:
+            message = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return len(self.listed) == 2
+        self._apply(message)
+        # Whatever else arrived meanwhile goes into the same programming: a burst of changes
+        # costs one batched write, not one per event.
+        while True:
+            try:
+                self._apply(self.events.get_nowait())
+            except queue.Empty:
+                break
+        if len(self.listed) < 2:
+            return False
+        if self.model.dirty or self.full_sync:
+            self._program()
+        return True
+
     def run(self) -> int:
         """Attach the load balancer, watch, program until :meth:`stop`; 0 on a clean exit."""
         began = time.monotonic()
@@ -532,23 +555,7 @@ class Controller:
                 ).start()
             ready = False
             while not self.stopping.is_set():
-                try:
-                    message = self.events.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                self._apply(message)
-                # Whatever else arrived meanwhile goes into the same programming: a burst of
-                # changes costs one batched write, not one per event.
-                while True:
-                    try:
-                        self._apply(self.events.get_nowait())
-                    except queue.Empty:
-                        break
-                if len(self.listed) < 2:
-                    continue
-                if self.model.dirty or self.full_sync:
-                    self._program()
-                if not ready:
+                if self.step(0.5) and not ready:
                     ready = True
                     self._write_ready(time.monotonic() - began)
         finally:
