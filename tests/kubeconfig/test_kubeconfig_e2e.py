@@ -115,7 +115,10 @@ def _run_in_lab(lab: object, directory: Path, args: list[str]) -> pytest.RunResu
     if not isinstance(lab, KubeLab):
         raise TypeError(f"not a KubeLab: {lab!r}")
     log = directory / "story.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KUBECONFIG"))}
+    # The outer run's own pytest state (its options, current test, xdist worker) is not the
+    # story's; the story names its kubeconfig on the command line.
+    dropped = ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "PYTEST_XDIST_", "KUBECONFIG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     process = Process(
         "e2e-story",
         [sys.executable, "-m", "pytest", str(directory), "--rootdir", str(directory), *args],
@@ -138,7 +141,31 @@ def _run_in_lab(lab: object, directory: Path, args: list[str]) -> pytest.RunResu
         pytest.fail(f"the story did not finish in {STORY_TIMEOUT:g} s:\n{process.tail(200)}")
     duration = time.monotonic() - began
     lines = log.read_text(errors="replace").splitlines()
+    if process.cgroup is not None:
+        # Nothing the story started (load-generator workers included) outlived it.
+        left = (process.cgroup / "cgroup.procs").read_text().split()
+        assert not left, f"processes left by the story: {left}"
     return pytest.RunResult(returncode, lines, [], duration)
+
+
+def _session_namespaces_left(lab: object) -> list[str]:
+    """Namespaces the plugin made on the lab cluster that are neither gone nor going."""
+    from pytest_dataplane.providers.k8s.api import KubernetesApi
+    from pytest_dataplane.providers.kubeconfig.session import CLEANUP_SELECTOR
+    from pytest_dataplane.providers.lab.kube.lab import KubeLab
+
+    if not isinstance(lab, KubeLab):
+        raise TypeError(f"not a KubeLab: {lab!r}")
+    api = KubernetesApi(kubeconfig=str(lab.kubeconfig))  # the root namespace's forwarder
+    try:
+        items, _ = api.list_items("v1", "Namespace", label_selector=CLEANUP_SELECTOR)
+    finally:
+        api.close()
+    return [
+        str(item["metadata"]["name"])
+        for item in items
+        if not item["metadata"].get("deletionTimestamp")
+    ]
 
 
 def test_story_on_an_existing_cluster(target: Target, pytester: pytest.Pytester) -> None:
@@ -158,6 +185,7 @@ def test_story_on_an_existing_cluster(target: Target, pytester: pytest.Pytester)
         assert output.count("the cluster runs iptables (kube-proxy ConfigMap") == 3
         assert "--dataplane-node-access was given, but node(s) node-0 are run by the " in output
         assert "PASS         test_rollout_under_load[iptables]: error rate below 1%" in output
+        assert _session_namespaces_left(target.lab) == []
 
 
 def test_the_lab_api_server_refuses_privileged_pods_and_the_client_says_so(
