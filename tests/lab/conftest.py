@@ -7,16 +7,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pytest_dataplane.providers.k8s.cluster import KubeCluster
 from pytest_dataplane.providers.lab import LabProvider
-from pytest_dataplane.providers.lab.cluster import LabCluster
-from pytest_dataplane.providers.lab.doctor import unavailable_reason
 
-ClusterFactory = Callable[..., LabCluster]
+ClusterFactory = Callable[..., KubeCluster]
 
 
 @pytest.fixture(scope="session")
-def _lab_cache() -> Iterator[dict[tuple[str, str], tuple[LabProvider, LabCluster]]]:
-    cache: dict[tuple[str, str], tuple[LabProvider, LabCluster]] = {}
+def _lab_cache() -> Iterator[dict[tuple[str, str], tuple[LabProvider, KubeCluster]]]:
+    cache: dict[tuple[str, str], tuple[LabProvider, KubeCluster]] = {}
     yield cache
     for provider, _ in cache.values():
         provider.close()
@@ -24,20 +23,20 @@ def _lab_cache() -> Iterator[dict[tuple[str, str], tuple[LabProvider, LabCluster
 
 @pytest.fixture
 def lab_cluster(
-    _lab_cache: dict[tuple[str, str], tuple[LabProvider, LabCluster]],
+    _lab_cache: dict[tuple[str, str], tuple[LabProvider, KubeCluster]],
 ) -> Iterator[ClusterFactory]:
     """``lab_cluster("iptables", backend="legacy")``: a session-wide cluster, reset after use."""
-    used: list[LabCluster] = []
+    used: list[KubeCluster] = []
 
-    def get(dataplane: str, *, backend: str = "auto") -> LabCluster:
+    def get(dataplane: str, *, backend: str = "auto") -> KubeCluster:
         if os.geteuid() != 0:
             pytest.skip("the lab needs root to create network namespaces")
-        reason = unavailable_reason(dataplane, backend)
-        if reason is not None:
-            pytest.skip(f"{dataplane} unavailable here: {reason}")
         key = (dataplane, backend)
         if key not in _lab_cache:
-            provider = LabProvider(iptables_backend=backend)
+            provider = LabProvider(iptables_backend=backend, engine="kube")
+            reason = provider.availability(dataplane)
+            if reason is not None:
+                pytest.skip(f"{dataplane} unavailable here: {reason}")
             _lab_cache[key] = (provider, provider.create(dataplane))
         cluster = _lab_cache[key][1]
         used.append(cluster)

@@ -1,21 +1,32 @@
-"""Traffic really crosses each lab dataplane, and rule counts are what the kernel holds."""
+"""The lab provider on the real cluster: traffic crosses each dataplane (the real kube-proxy in
+iptables and nftables mode, the lab's eBPF controller), and what the Cluster protocol reports
+(rules, programming latency, CPU) is what the kernel and the components hold."""
 
 from __future__ import annotations
 
-import socket
+import os
+import signal
+import statistics
 import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
 import pytest
-from labkit import in_node, run_client
+from labkit import (
+    in_node,
+    pod_names,
+    programmed_endpoints,
+    run_client,
+    wait_for,
+    wait_programmed,
+)
 from scipy.stats import chisquare
 
 from pytest_dataplane import DataplaneAssertionError, assert_kube_rules_at_most
-from pytest_dataplane.providers.lab import iptables as ipt_layout
-from pytest_dataplane.providers.lab._sync import Change
-from pytest_dataplane.providers.lab.cluster import LabCluster
-from pytest_dataplane.providers.lab.netns import in_netns
+from pytest_dataplane.providers.k8s import resources
+from pytest_dataplane.providers.k8s.nodes import DUMP_SCRIPT
 
 DATAPLANES = ["iptables", "nftables", "ebpf"]
 
@@ -24,10 +35,12 @@ DATAPLANES = ["iptables", "nftables", "ebpf"]
 def test_connections_spread_evenly_over_every_backend(lab_cluster, plane: str) -> None:
     cluster = lab_cluster(plane)
     service = cluster.deploy("backend", replicas=3)
+    assert service.url.startswith("http://") and service.netns == cluster.handle.client_netns
+    wait_programmed(cluster, service)
     counts = run_client(service, 3000)
     assert counts["errors"] == {}
     pods = counts["pods"]
-    assert sorted(pods) == ["backend-1", "backend-2", "backend-3"]
+    assert set(pods) == pod_names(service) and len(pods) == 3
     assert sum(pods.values()) == 3000
     # Uniform random backend choice: chi-square must not reject uniformity at 0.001.
     assert chisquare(list(pods.values())).pvalue > 0.001, pods
@@ -38,159 +51,223 @@ def test_endpoint_changes_reach_the_dataplane(lab_cluster, plane: str) -> None:
     cluster = lab_cluster(plane)
     service = cluster.deploy("backend", replicas=2)
     service.scale(4)
-    cluster.wait_programmed()
     assert len(service.endpoints) == 4
-    assert set(run_client(service, 400)["pods"]) == {f"backend-{i}" for i in range(1, 5)}
-    service.scale(1, grace=0)
-    cluster.wait_programmed()
+    wait_programmed(cluster, service)
+    assert set(run_client(service, 400)["pods"]) == pod_names(service)
+    service.scale(1)
+    wait_programmed(cluster, service)
     answered = run_client(service, 100)
-    assert list(answered["pods"]) == ["backend-1"] and answered["errors"] == {}
-    latencies = cluster.programming_latencies()
-    # 1 deploy x 2 + 2 added + 3 removed endpoint changes, each measured once.
-    assert latencies.size == 7
-    assert np.all(latencies > 0)
+    assert answered["errors"] == {} and set(answered["pods"]) == pod_names(service)
+    assert len(answered["pods"]) == 1
     names = [e.name for e in service.events]
     assert names.count("endpoint-added") == 4 and names.count("endpoint-removed") == 3
+    latencies = cluster.programming_latencies()
+    assert np.all(latencies >= 0)
+    if plane == "ebpf":
+        # The controller records every endpoint change it programmed, exactly once.
+        assert latencies.size == 7
+        assert cluster.fingerprint()["programming_latency_source"].startswith("lab eBPF")
+    else:
+        # kube-proxy's own SLI, one observation per changed EndpointSlice per sync.
+        assert latencies.size >= 1
+        assert cluster.fingerprint()["programming_latency_source"] == "kube-proxy histogram"
 
 
-def test_an_endpoint_change_is_submitted_before_its_pod_shows_ready(
-    lab_cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """wait_programmed() covers the changes submitted before it. A pod's readiness is what
-    deploy() and scale() wait for before they (or the test) wait for the dataplane, so the
-    change adding its endpoint must be submitted, with the endpoint in the desired state,
-    before the pod shows ready; a pod-watch thread that set ready first could be overtaken
-    by wait_programmed() and the wait would end without the new endpoint."""
-    cluster = lab_cluster("ebpf")
-    seen: list[tuple[str, bool, bool]] = []
-    submit = cluster._sync.submit
-
-    def checking_submit(changes: list[Change] | None = None, *, full: bool = False) -> int:
-        for change in changes or ():
-            service = cluster._services.get(change.service.split("/")[1].split(":")[0])
-            for pod in service.pods if service is not None else ():
-                if change.description.endswith(f"added {pod.ip}"):
-                    endpoint = f"{pod.ip}:{service.port}"
-                    desired = {str(e) for e in cluster._desired()[service.key].endpoints}
-                    seen.append((pod.name, pod.ready.is_set(), endpoint in desired))
-        return submit(changes, full=full)
-
-    monkeypatch.setattr(cluster._sync, "submit", checking_submit)
-    service = cluster.deploy("backend", replicas=2)
-    service.scale(3)
-    assert sorted(seen) == [(f"backend-{i}", False, True) for i in (1, 2, 3)]
-    cluster.wait_programmed()
-    assert set(run_client(service, 300)["pods"]) == {"backend-1", "backend-2", "backend-3"}
+@pytest.mark.parametrize("plane", DATAPLANES)
+def test_service_time_reaches_the_backend(lab_cluster, plane: str) -> None:
+    cluster = lab_cluster(plane)
+    service = cluster.deploy("slow", replicas=1, service_time="constant:40ms")
+    wait_programmed(cluster, service)
+    seconds = run_client(service, 20)["seconds"]
+    assert len(seconds) == 20
+    assert statistics.median(seconds) >= 0.040
 
 
-# Below every MAC the kernel draws for a veth: a Linux bridge whose own address was never set
-# takes the lowest address among its ports, so this port's address becomes the bridge's.
-LOWEST_MAC = "02:00:00:00:00:01"
-
-
-def _bridge_mac(cluster: LabCluster) -> str:
-    return in_node(cluster, "ip", "-brief", "link", "show", "cbr0").split()[2]
-
-
-def _node_has_link(cluster: LabCluster, name: str) -> bool:
-    done = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{cluster.topology.node}", "--", "ip", "link", "show", name],
-        capture_output=True,
-        check=False,
+def test_apply_runs_a_team_manifest(lab_cluster) -> None:
+    """apply() works in the lab (a real API server): a Deployment and Service of the lab
+    backend's image, reached through the dataplane, and removed by reset()."""
+    cluster = lab_cluster("nftables")
+    labels = {"app.kubernetes.io/name": "team"}
+    applied = cluster.apply(
+        [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "team"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "app",
+                                    "image": "backend:v2",
+                                    "ports": [{"containerPort": 8080}],
+                                }
+                            ]
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "team"},
+                "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+        ]
     )
-    return done.returncode == 0
+    assert [obj["kind"] for obj in applied] == ["Deployment", "Service"]
+    address = resources.cluster_ip(cluster.api.get("v1", "Service", "team", cluster.namespace))
+    assert address is not None
+    url = resources.url_for(address, 80)
+    wait_for(lambda: cluster.traffic.hostname(url) is not None, "the applied service answering")
+    answered = {cluster.traffic.hostname(url) for _ in range(30)}
+    assert {name for name in answered if name} and all(
+        name and name.startswith("team-") for name in answered
+    ), answered
 
 
 @pytest.mark.parametrize("plane", DATAPLANES)
-def test_a_pod_keeps_its_gateway_when_other_pods_go(lab_cluster, plane: str) -> None:
-    """Pods cache the bridge's MAC as their gateway's. If the bridge took a removed pod's
-    port address, it changes address when that port goes (which the kernel does after
-    ``ip netns delete`` returns, whenever it tears the namespace down): the pods' frames
-    to the old address are dropped until their ARP entry expires, and a response in flight
-    at that moment, or a connection the pod opens, times out (how a scale-down with grace 0
-    can make test_endpoint_changes_reach_the_dataplane time out). Forced here: the leaving
-    pod's port gets the lowest address, and is gone before the staying pod connects."""
+def test_reset_leaves_a_clean_namespace(lab_cluster, plane: str) -> None:
     cluster = lab_cluster(plane)
+    before = cluster.rule_count().total
     service = cluster.deploy("backend", replicas=2)
-    staying, leaving = service.pods
-    in_node(cluster, "ip", "link", "set", f"vp{leaving.slot}", "address", LOWEST_MAC)
-    bridge_mac = _bridge_mac(cluster)
-    client_ip = cluster.plan.client_ip
+    cluster.add_background_services(50, endpoints=3)
+    wait_programmed(cluster, service)
+    assert cluster.rule_count().total > before or plane == "ebpf"
+    cluster.reset()
+    for api_version, kind in (
+        ("v1", "Service"),
+        ("v1", "Pod"),
+        ("apps/v1", "Deployment"),
+        ("discovery.k8s.io/v1", "EndpointSlice"),
+    ):
+        items, _ = cluster.api.list_items(api_version, kind, cluster.namespace)
+        assert items == [], (kind, [i["metadata"]["name"] for i in items])
+    # reset() waits until kube-proxy has caught up, so nothing routes to the test's services
+    # any more; kube-proxy's nftables mode deletes a service's emptied chains on a later sync
+    # (so that a packet in flight never meets a missing chain), and the eBPF controller
+    # deletes map entries as the deletions reach it: wait for those too.
+    if plane == "ebpf":
+        kubernetes = cluster.api.get("v1", "Service", "kubernetes", "default")
+        wait_for(
+            lambda: (
+                {vip for vip, _, _ in cluster.handle.ebpf_programmed()}
+                == {resources.cluster_ip(kubernetes)}
+            ),
+            "only the kubernetes Service left in the eBPF service map",
+        )
+    else:
+        # In nftables mode the service chains emptied by a deletion are removed on a later
+        # sync (so that a packet in flight never meets a missing chain); what must be gone is
+        # every way into them: the map elements that jump there.
+        def routed() -> list[str]:
+            dump = in_node(cluster, "sh", "-c", DUMP_SCRIPT)
+            return [
+                line
+                for line in dump.splitlines()
+                if f"{cluster.namespace}/" in line
+                and (plane == "iptables" or " : goto " in line or " : jump " in line)
+            ]
 
-    def listen() -> socket.socket:
-        listener = socket.create_server((client_ip, 0))
-        listener.settimeout(5)
-        return listener
-
-    def connect_from_staying_pod(port: int) -> None:
-        in_netns(staying.netns, lambda: socket.create_connection((client_ip, port), 3).close())
-
-    with in_netns(cluster.topology.client, listen) as listener:
-        port = listener.getsockname()[1]
-        connect_from_staying_pod(port)  # the staying pod resolves its gateway now
-        listener.accept()[0].close()
-        service.scale(1, grace=0)
-        deadline = time.monotonic() + 60
-        while _node_has_link(cluster, f"vp{leaving.slot}"):
-            assert time.monotonic() < deadline, "the leaving pod's port outlived 60 s"
-            time.sleep(0.05)
-        connect_from_staying_pod(port)
-        listener.accept()[0].close()
-    assert _bridge_mac(cluster) == bridge_mac
-    cluster.wait_programmed()
-    answered = run_client(service, 20)
-    assert answered == {"pods": {"backend-1": 20}, "errors": {}}
+        wait_for(lambda: routed() == [], "the test's rules leaving the node")
+    if plane != "nftables":
+        assert cluster.rule_count().total <= before
+    assert cluster.events == [] and cluster.programming_latencies().size == 0
 
 
 @pytest.mark.parametrize("plane", DATAPLANES)
-def test_a_pod_on_a_stopped_pod_s_address_is_reached(lab_cluster, plane: str) -> None:
-    """Pod addresses come back when slots are reused. The node still holds the stopped
-    pod's MAC for that address, valid-looking for up to a minute, and would send the new
-    pod's connections there: they time out. Forced here: the next pod gets the slot the
-    stopped pod just left (normally that takes 253 pods)."""
+def test_dataplane_cpu_comes_from_its_cgroups(lab_cluster, plane: str) -> None:
+    """Programming 300 services costs the dataplane CPU, read from the cgroups of its
+    processes (kube-proxy with the iptables-restore / nft it runs, or the eBPF controller)."""
     cluster = lab_cluster(plane)
+    paths = cluster.handle.dataplane_cgroups(0)
+    assert paths and all((path / "cpu.stat").is_file() for path in paths)
+    cluster.add_background_services(300, endpoints=3)
     service = cluster.deploy("backend", replicas=2)
-    assert set(run_client(service, 50)["pods"]) == {"backend-1", "backend-2"}
-    leaving = service.pods[1]
-    service.scale(1, grace=0)
-    deadline = time.monotonic() + 60
-    while _node_has_link(cluster, f"vp{leaving.slot}"):  # its slot's veth name comes back too
-        assert time.monotonic() < deadline, "the leaving pod's port outlived 60 s"
-        time.sleep(0.05)
-    with cluster._lock:
-        cluster._free_slots.remove(leaving.slot)
-        cluster._free_slots.insert(0, leaving.slot)
-    service.scale(2)
-    cluster.wait_programmed()
-    assert service.pods[1].ip == leaving.ip
-    answered = run_client(service, 50)
-    assert answered["errors"] == {}
-    assert set(answered["pods"]) == {"backend-1", "backend-3"}
+    wait_programmed(cluster, service)
+    usage = cluster.cpu_seconds()
+    assert usage.total > 0
+    assert len(usage.changes) == 2  # the two endpoints added
 
 
-def test_iptables_rule_counts_match_kube_proxy(lab_cluster) -> None:
-    """kube-proxy's published nat rule counts: 5 + S·(2 + 3N), read back from the kernel."""
-    cluster = lab_cluster("iptables", backend="legacy")
-    backend = cluster.proxier.backend
-    for services, endpoints, expected in [(1, 1, 10), (1, 10, 37), (10, 10, 325)]:
-        cluster.reset()
-        cluster.add_background_services(services, endpoints=endpoints)
-        saved = in_node(cluster, f"iptables-{backend}-save", "-t", "nat")
-        rules = [line for line in saved.splitlines() if line.startswith("-A KUBE-")]
-        assert len(rules) == expected == ipt_layout.nat_rule_count(cluster._desired().values())
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_iptables_mode_runs_on_the_backend_asked_for(lab_cluster, backend: str) -> None:
+    cluster = lab_cluster("iptables", backend=backend)
+    assert cluster.fingerprint()["iptables_backend"] == backend
+    service = cluster.deploy("backend", replicas=1)
+    wait_programmed(cluster, service)
+    other = "nft" if backend == "legacy" else "legacy"
+    mine = in_node(cluster, f"iptables-{backend}-save", "-t", "nat")
+    theirs = in_node(cluster, "sh", "-c", f"iptables-{other}-save -t nat 2>/dev/null || true")
+    assert f"{cluster.namespace}/backend:http" in mine
+    assert "KUBE-" not in theirs
+
+
+def test_the_client_prober_dies_with_its_owner(lab_cluster) -> None:
+    """The prober in the client namespace has a parent-death signal: a SIGKILLed owner takes
+    it along (nothing else would stop it)."""
+    from pytest_dataplane.providers.lab.kube.access import ProbeProcess
+
+    cluster = lab_cluster("iptables")
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                from pytest_dataplane.providers.lab.kube.access import ProbeProcess
+                prober = ProbeProcess({cluster.traffic.netns!r}, None, own_cgroup=False)
+                print(prober.pid, flush=True)
+                time.sleep(600)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    assert os.path.exists(f"/proc/{pid}")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    owner.stdout.close()
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    wait_for(gone, f"prober {pid} ending with its owner", timeout=10)
+    # And close() of a prober of ours ends it at once.
+    prober = ProbeProcess(cluster.traffic.netns, None, own_cgroup=False)
+    mine = prober.pid
+    prober.close()
+    assert mine is not None and not os.path.exists(f"/proc/{mine}")
 
 
 # Above kube-proxy's 1 s --min-sync-period, as a preStop hook gives: the old pods keep
 # serving until every proxier has had the chance to drop them.
-GRACE = 2.0
+GRACE = "2s"
 
 
 @pytest.mark.parametrize("plane", DATAPLANES)
 def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: str) -> None:
-    """The story on each dataplane: rule counts with 5,000 services x 3 endpoints, then a
-    rollout (3 -> 6 replicas, then a new image) under 300 req/s of new connections."""
+    """The story on each dataplane: rule counts with 5,000 services x 3 endpoints written by
+    the real kube-proxy (none on ebpf), then a rollout (3 -> 6 replicas, then a new pod
+    template) under 300 req/s of new connections."""
     cluster = lab_cluster(plane)
+    started = time.monotonic()
     cluster.add_background_services(5000, endpoints=3)
+    created = time.monotonic() - started
+    backend = cluster.deploy("backend", replicas=3, service_time="lognormal:2ms:0.5")
+    wait_programmed(cluster, backend)  # kube-proxy has written every service by now
     count = cluster.rule_count()
     # What `iptables-save | grep -c KUBE-` prints (nat and filter), for both backends, plus
     # the lines of `nft list table ip kube-proxy`.
@@ -203,9 +280,10 @@ def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: 
     listing = in_node(cluster, "sh", "-c", "nft list table ip kube-proxy 2>/dev/null || true")
     nft_lines = sum(1 for line in listing.splitlines() if line.strip())
     assert count.total == grep + nft_lines
+    print(f"\n{plane}: {count.total} KUBE- lines at 5,000 services; created in {created:.1f} s")
     if plane == "ebpf":
-        assert count.total <= 10
-        assert count.service_map_entries is not None and count.service_map_entries >= 5000
+        assert count.total == 0
+        assert count.service_map_entries is not None and count.service_map_entries >= 5001
         assert_kube_rules_at_most(cluster, 10)
     else:
         assert 10_000 <= count.total < 1_000_000, count.describe()
@@ -213,9 +291,8 @@ def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: 
             assert_kube_rules_at_most(cluster, 10)
         assert "largest chains" in str(excinfo.value)
 
-    backend = cluster.deploy("backend", replicas=3, service_time="lognormal:2ms:0.5")
     with load(backend, rate=300, duration="12s", engine="fast") as run:
-        time.sleep(1)
+        time.sleep(1)  # a second of steady load first: the shape of the run, not a wait
         backend.scale(6)
         backend.rollout(grace=GRACE)
     result = run.result
@@ -226,21 +303,14 @@ def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: 
     rollout = result.between("rollout-start", "rollout-end")
     assert 0 < rollout.scheduled < result.scheduled
     assert len(backend.endpoints) == 6
-    assert cluster.programming_latencies().size >= 3 + 3 + 6 + 6
-    # An old pod stops GRACE after it left the endpoints. A dataplane that dropped it by then
-    # sends it nothing more, and ebpf and nftables must then lose no request. One that took
-    # longer (kube-proxy's sync on a busy machine: partial nftables syncs of 5,000 services
-    # took 2.5-7 s of wall time, 0.4 s of CPU, beside a Go build) sends the stopped pod
-    # connections, refused or unanswered, as a real node would: measured and reported, like
-    # every iptables rollout (the summary table and JSON carry the numbers).
-    late = [
-        change.description
-        for record in cluster._sync.records
-        for change in record.changes
-        if "removed" in change.description and record.finished - change.time > GRACE
-    ]
-    if plane in ("ebpf", "nftables") and not late:
-        assert (result.errors, result.dropped) == (0, 0), dict(result.error_kinds)
+    wait_programmed(cluster, backend)
+    assert programmed_endpoints(cluster, backend) == set(backend.endpoints)
+    assert cluster.programming_latencies().size >= 1
+    # A connection refused or unanswered is a stopped pod the dataplane still sent traffic
+    # to, as a real node would when kube-proxy lags (measured and reported, like every
+    # iptables rollout); anything else is a fault. The eBPF controller programs each change
+    # within milliseconds, far inside the 2 s the old pods keep serving: it loses nothing.
     stale_endpoint = {"connect_refused", "connect_timeout", "read_timeout", "reset"}
-    if plane in ("ebpf", "nftables"):
-        assert set(result.error_kinds) <= stale_endpoint, (late, dict(result.error_kinds))
+    assert set(result.error_kinds) <= stale_endpoint, dict(result.error_kinds)
+    if plane == "ebpf":
+        assert (result.errors, result.dropped) == (0, 0), dict(result.error_kinds)

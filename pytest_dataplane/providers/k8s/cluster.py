@@ -204,6 +204,7 @@ class KubeCluster:
         diagnostics: Callable[[float], list[tuple[str, str]]] | None = None,
         settle: Callable[[float], None] | None = None,
         proxy_histogram: bool | None = None,
+        handle: Any = None,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -238,6 +239,9 @@ class KubeCluster:
         self._extra_diagnostics = diagnostics
         self._settle = settle
         self._proxy_histogram = proxy_histogram
+        # What the provider runs the cluster with (the lab: its KubeLab), for its own tests
+        # and tools; the Cluster protocol never needs it.
+        self.handle = handle
         self._facts = dict(facts or {})
         self._on_close = on_close
         self._lock = threading.Lock()
@@ -719,12 +723,11 @@ class KubeCluster:
                 break
             time.sleep(0.5)
         if self._settle is not None:
-            # The workload's pods gone (their grace periods over) and the dataplane caught up
-            # with the deletions: the next test's window must not measure this one's cleanup.
+            # Every pod gone (their grace periods over: an applied manifest's too) and the
+            # dataplane caught up with the deletions: the next test's window must not measure
+            # this one's cleanup.
             while now() < deadline:
-                pods, _ = self.api.list_items(
-                    "v1", "Pod", self.namespace, label_selector=selector_workload
-                )
+                pods, _ = self.api.list_items("v1", "Pod", self.namespace)
                 if not pods:
                     break
                 time.sleep(0.2)

@@ -223,6 +223,7 @@ class LabProvider:
                 diagnostics=lambda since: access.dataplane_logs(lab),
                 settle=lambda timeout: access.wait_settled(lab, timeout=timeout),
                 proxy_histogram=dataplane != "ebpf",
+                handle=lab,
                 facts=self._kube_facts(dataplane, lab),
                 on_close=_closer(lab, api, traffic),
             )
