@@ -85,6 +85,12 @@ class KubeLab:
     ``session`` given, the cluster lives inside that session under ``tag`` (names
     ``<session prefix>-<tag>-...``); without, it makes a session of its own and removes the
     session on :meth:`stop`.
+
+    ``min_sync_period`` (seconds; None: kube-proxy's default, 1 s) is kube-proxy's own
+    minimum sync period flag; ``iptables_backend`` ("auto", "legacy", "nft") chooses the
+    iptables binaries kube-proxy's PATH finds ("auto": what the machine's ``iptables`` is).
+    On ``ebpf`` no kube-proxy runs: the eBPF service controller (:mod:`.ebpfctl`) serves
+    ClusterIPs to the processes of :attr:`client_cgroup`.
     """
 
     def __init__(
