@@ -80,9 +80,9 @@ class ProgrammingSource(Protocol):
     def name(self) -> str:
         """What the figures are, for the fingerprint (``programming_latency_source``)."""
 
-    def latencies(self, since_wall: float) -> list[float]:
-        """Seconds from each endpoint change triggered at or after ``since_wall`` (seconds
-        since the epoch) to the dataplane having programmed it."""
+    def latencies(self, changes: Sequence[Event]) -> list[float]:
+        """Seconds from each endpoint change (``endpoint-added`` / ``endpoint-removed``
+        events, as the EndpointSlice watch saw them) to the dataplane having programmed it."""
 
 
 def load_manifests(
@@ -576,7 +576,8 @@ class KubeCluster:
 
     def programming_latencies(self) -> npt.NDArray[np.float64]:
         if self.programming is not None:
-            return np.asarray(self.programming.latencies(self._window_wall), dtype=np.float64)
+            changes = [e for e in self.events if e.name in _ENDPOINT_EVENTS]
+            return np.asarray(self.programming.latencies(changes), dtype=np.float64)
         if self._histogram_base is not None:
             after = self._read_histograms()
             values = [

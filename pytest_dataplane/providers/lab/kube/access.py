@@ -29,10 +29,12 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from ....errors import DataplaneError
+from ....events import Event
 from ...k8s import resources
 from ...k8s.dataplane import CpuReading
 from .. import _proc
@@ -405,32 +407,63 @@ class EbpfRecords(Protocol):
 
 class EbpfProgramming:
     """Exact per-change programming latency from the lab's eBPF controller: for each endpoint
-    change of a workload Service, from its trigger (the EndpointSlice's
-    ``endpoints.kubernetes.io/last-change-trigger-time``) to the BPF map write returning.
+    change the test's EndpointSlice watch saw, from that moment to the controller's BPF map
+    write returning (its record of the same service, endpoint and change).
 
-    Background services are left out, as kube-proxy's histogram leaves them out (their
-    EndpointSlices carry no trigger time): what is measured is the test's own changes.
+    Why not the records' own ``seconds``: their trigger is the EndpointSlice's
+    ``last-change-trigger-time``, which the API keeps to the second (up to 1 s too long, the
+    bias kube-proxy's histogram has too). The watch sees a change when the API server sends
+    it, as the controller does: the difference is the delivery jitter between two watchers
+    (milliseconds), so a change the controller programmed before the watch delivered it
+    counts as 0. A change not programmed yet counts as the time since it was seen (a lower
+    bound, so that a dataplane that never programs it cannot pass).
     """
 
     name = "lab eBPF controller (per change)"
 
     def __init__(self, lab: EbpfRecords, namespace: str) -> None:
         self._lab = lab
-        self._background = f"{namespace}/{resources.BACKGROUND_PREFIX}"
+        self._namespace = namespace
 
-    def records(self, since_wall: float) -> list[dict[str, Any]]:
-        """The controller's records of workload changes programmed at or after ``since_wall``
-        (not triggered: trigger times are kept to the second, and a change made just after
-        the window opened would fall before it)."""
-        return [
-            r
-            for r in self._lab.ebpf_programming()
-            if float(r["programmed"]) >= since_wall
-            and not str(r.get("service", "")).startswith(self._background)
-        ]
+    def latencies(self, changes: Sequence[Event]) -> list[float]:
+        import time
 
-    def latencies(self, since_wall: float) -> list[float]:
-        return [float(r["seconds"]) for r in self.records(since_wall)]
+        from ....events import now
+
+        offset = time.time() - now()  # monotonic event times to wall time
+        records = self._lab.ebpf_programming()
+        used: set[int] = set()
+        result: list[float] = []
+        for event in changes:
+            change = "added" if event.name == "endpoint-added" else "removed"
+            service = f"{self._namespace}/{event.detail.get('service')}"
+            endpoint = str(event.detail.get("endpoint"))
+            seen = event.time + offset
+            # The record of this change: the first of this service, endpoint and change
+            # programmed no earlier than the previous change of the same endpoint could be.
+            match = next(
+                (
+                    i
+                    for i, r in enumerate(records)
+                    if i not in used
+                    and r.get("service") == service
+                    and r.get("endpoint") == endpoint
+                    and r.get("change") == change
+                    and float(r["programmed"]) >= seen - _WATCH_SLACK
+                ),
+                None,
+            )
+            if match is None:
+                result.append(max(0.0, time.time() - seen))
+                continue
+            used.add(match)
+            result.append(max(0.0, float(records[match]["programmed"]) - seen))
+        return result
+
+
+# How much earlier than the test's watch the controller may receive a change (two watchers
+# of one API server): records programmed earlier than this belong to an older change.
+_WATCH_SLACK: Final = 1.0
 
 
 def ebpf_service_entries(lab: EbpfRecords) -> int:
