@@ -16,6 +16,7 @@ from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
 from pytest_dataplane.providers.k8s import resources
 from pytest_dataplane.providers.k8s.api import ExecResult
 from pytest_dataplane.providers.k8s.cluster import (
+    DEPLOY_DRAIN,
     KubeCluster,
     format_events,
     load_manifests,
@@ -144,7 +145,7 @@ def test_deploy_scale_rollout_events(iptables: tuple[KubeCluster, MemoryApi, Fak
     created = [c for c in api.calls if c.verb == "create"]
     assert [c.kind for c in created] == ["Deployment", "Service"]
     assert created[0].body == resources.deployment(
-        "backend", NS, replicas=3, image="agnhost:test", session="test1"
+        "backend", NS, replicas=3, image="agnhost:test", session="test1", grace=DEPLOY_DRAIN
     )
     assert created[1].body["spec"]["type"] == "NodePort"
 

@@ -63,6 +63,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300.0
+# How long a deployed pod keeps serving after it leaves the endpoints (a preStop sleep, or
+# netexec's --delay-shutdown). A pod's drain is fixed when it is created: a rollout's
+# ``grace`` applies to the new pods, while the old ones drain as they were deployed, so this
+# must outlast a busy kube-proxy's programming (seconds on a loaded 2-core node, measured).
+DEPLOY_DRAIN = "5s"
 _ENDPOINT_EVENTS = ("endpoint-added", "endpoint-removed")
 
 
@@ -342,6 +347,7 @@ class KubeCluster:
             replicas=replicas,
             image=self.backend_image,
             session=self.session,
+            grace=DEPLOY_DRAIN,
             backend=self.backend,
             service_time=None if parsed is None else parsed.spec,
         )
