@@ -82,4 +82,7 @@ def test_ebpf_programs_endpoint_changes_fast_and_cheaply(busy_cluster, load):
         backend.rollout(grace=GRACE)
     # Every endpoint change of this test, not a percentile: a rollout makes a dozen or so.
     assert_programming_latency_below(busy_cluster, "100ms", quantile=100)
-    assert_dataplane_cpu_below(busy_cluster, "10ms", quantile=100)
+    # The lab's controller is a Python process watching the API server, its CPU read from its
+    # cgroup once a second: up to 25 ms for one change on a loaded 2-core machine (measured),
+    # kube-proxy's iptables-restore of 5,000 services costs about ten times that.
+    assert_dataplane_cpu_below(busy_cluster, "50ms", quantile=100)

@@ -712,18 +712,14 @@ class KubeCluster:
             applied, self._applied = self._applied, []
         for api_version, kind, name, namespace in reversed(applied):
             self.api.delete(api_version, kind, name, namespace)
-        self.api.delete_collection(
-            "apps/v1", "Deployment", self.namespace, label_selector=selector_workload
-        )
-        for selector in (selector_workload, selector_background):
-            self.api.delete_collection("v1", "Service", self.namespace, label_selector=selector)
-        self.api.delete_collection(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            self.namespace,
-            label_selector=selector_background,
-        )
         deadline = now() + self.timeout
+        for api_version, kind, selector in (
+            ("apps/v1", "Deployment", selector_workload),
+            ("v1", "Service", selector_workload),
+            ("v1", "Service", selector_background),
+            ("discovery.k8s.io/v1", "EndpointSlice", selector_background),
+        ):
+            self._delete_all(api_version, kind, selector, deadline)
         while now() < deadline:
             items, _ = self.api.list_items("v1", "Service", self.namespace)
             if not items:
@@ -752,6 +748,26 @@ class KubeCluster:
             self._histogram_base = self._read_histograms()
         if self.cpu is not None:
             self.cpu.trim(self._window_start)
+
+    def _delete_all(self, api_version: str, kind: str, selector: str, deadline: float) -> None:
+        """Delete a collection; again while some is left. Deleting 5,000 Services in one
+        request can outlast the API server's request timeout on a busy machine (it answers
+        504 and stops part-way): what is left is deleted by the next request."""
+        while True:
+            try:
+                self.api.delete_collection(
+                    api_version, kind, self.namespace, label_selector=selector
+                )
+            except Exception as exc:
+                if getattr(exc, "status", None) != 504 or now() > deadline:
+                    raise
+                log.info("deleting %s %s timed out on the server; again", kind, selector)
+                continue
+            items, _ = self.api.list_items(
+                api_version, kind, self.namespace, label_selector=selector
+            )
+            if not items or now() > deadline:
+                return
 
     def close(self) -> None:
         """Stop the watch, the prober and the sampler, then let the provider clean up.
