@@ -41,7 +41,13 @@ def _tool_version(argv: list[str]) -> str:
 
 
 class LabProvider:
-    """Creates lab clusters; one session (prefix, state directory, cgroup) per provider."""
+    """Creates lab clusters; one session (prefix, state directory, cgroup) per provider.
+
+    ``engine="kube"`` (the default) runs real Kubernetes per dataplane (:class:`~.kube.lab.KubeLab`
+    behind a :class:`~pytest_dataplane.providers.k8s.cluster.KubeCluster`);
+    ``engine="imitation"`` keeps the former in-process imitation (Python controllers and
+    proxiers) until it is removed.
+    """
 
     name = "lab"
 
@@ -51,7 +57,7 @@ class LabProvider:
         iptables_backend: str = "auto",
         min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD,
         kube_bin: str | None = None,
-        engine: str = "imitation",
+        engine: str = "kube",
     ) -> None:
         if iptables_backend not in ("auto", "legacy", "nft"):
             raise ValueError(
