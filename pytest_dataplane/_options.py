@@ -99,6 +99,18 @@ _OPTIONS: tuple[_Option, ...] = (
         metavar="DURATION",
     ),
     _Option(
+        "--dataplane-lab-engine",
+        "dataplane_lab_engine",
+        "dataplane_lab_engine",
+        "What runs the lab's cluster: kube (real etcd, kube-apiserver, controllers and "
+        "kube-proxy from the build of kube/, the eBPF controller for ebpf) or imitation (the "
+        "in-process controllers and proxiers; default while background services on the real "
+        "API server are slow: about 30-60 Services per second on 2 cores)",
+        "imitation",
+        _parse_choice(("kube", "imitation"), "--dataplane-lab-engine"),
+        metavar="ENGINE",
+    ),
+    _Option(
         "--dataplane-kube-bin",
         "dataplane_kube_bin",
         "dataplane_kube_bin",

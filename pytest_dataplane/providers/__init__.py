@@ -186,7 +186,11 @@ PROVIDERS: Final = ProviderRegistry(
             "lab",
             "network namespaces on this machine",
             "pytest_dataplane.providers.lab:LabProvider.from_options",
-            options=("dataplane_iptables_backend", "dataplane_min_sync_period"),
+            options=(
+                "dataplane_iptables_backend",
+                "dataplane_min_sync_period",
+                "dataplane_lab_engine",
+            ),
             without_plan="python -m pytest_dataplane doctor shows what it can run here",
         ),
         ProviderEntry(

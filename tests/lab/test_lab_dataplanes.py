@@ -255,16 +255,19 @@ def test_the_client_prober_dies_with_its_owner(lab_cluster) -> None:
 # Above kube-proxy's 1 s --min-sync-period, as a preStop hook gives: the old pods keep
 # serving until every proxier has had the chance to drop them.
 GRACE = "2s"
+# Background services of the busy test.
+BUSY = 1000
 
 
 @pytest.mark.parametrize("plane", DATAPLANES)
-def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: str) -> None:
-    """The story on each dataplane: rule counts with 5,000 services x 3 endpoints written by
+def test_busy_cluster_rules_and_a_rollout_under_load(lab_cluster, load, plane: str) -> None:
+    """The story on each dataplane: rule counts with BUSY services x 3 endpoints written by
     the real kube-proxy (none on ebpf), then a rollout (3 -> 6 replicas, then a new pod
-    template) under 300 req/s of new connections."""
+    template) under 300 req/s of new connections. (5,000 services take minutes to create
+    through the API server on 2 cores; their figures come from benchmarks/, not the suite.)"""
     cluster = lab_cluster(plane)
     started = time.monotonic()
-    cluster.add_background_services(5000, endpoints=3)
+    cluster.add_background_services(BUSY, endpoints=3)
     created = time.monotonic() - started
     backend = cluster.deploy("backend", replicas=3, service_time="lognormal:2ms:0.5")
     wait_programmed(cluster, backend)  # kube-proxy has written every service by now
@@ -280,13 +283,13 @@ def test_5000_services_rules_and_a_rollout_under_load(lab_cluster, load, plane: 
     listing = in_node(cluster, "sh", "-c", "nft list table ip kube-proxy 2>/dev/null || true")
     nft_lines = sum(1 for line in listing.splitlines() if line.strip())
     assert count.total == grep + nft_lines
-    print(f"\n{plane}: {count.total} KUBE- lines at 5,000 services; created in {created:.1f} s")
+    print(f"\n{plane}: {count.total} KUBE- lines at {BUSY} services; created in {created:.1f} s")
     if plane == "ebpf":
         assert count.total == 0
-        assert count.service_map_entries is not None and count.service_map_entries >= 5001
+        assert count.service_map_entries is not None and count.service_map_entries >= BUSY + 1
         assert_kube_rules_at_most(cluster, 10)
     else:
-        assert 10_000 <= count.total < 1_000_000, count.describe()
+        assert 3 * BUSY <= count.total < 1_000_000, count.describe()
         with pytest.raises(DataplaneAssertionError, match="KUBE- rule lines") as excinfo:
             assert_kube_rules_at_most(cluster, 10)
         assert "largest chains" in str(excinfo.value)
