@@ -50,6 +50,14 @@ def test_a_cilium_node_counts_zero_dataplane_lines() -> None:
     assert grep_kube(CILIUM_NODE) == 6  # what a plain grep would have counted
 
 
+def test_nodes_without_a_kubelet_count_every_kube_line() -> None:
+    """The lab's nodes run no kubelet: a KUBE-FIREWALL chain there is kube-proxy's own, and
+    the count is the story's plain grep."""
+    parts, chains = rules_from_dump("node0", dump(CILIUM_NODE), kubelet=False)
+    assert sum(p.lines for p in parts) == grep_kube(CILIUM_NODE) == 6
+    assert chains["KUBE-FIREWALL"] > 0
+
+
 def test_the_default_two_node_cluster_passes_the_ebpf_story() -> None:
     nodes = ("dpt-ebpf-control-plane", "dpt-ebpf-worker")
     parts = [p for n in nodes for p in rules_from_dump(n, dump(CILIUM_NODE))[0]]

@@ -97,9 +97,23 @@ def programmed_endpoints(cluster: KubeCluster, service: KubeService) -> set[str]
             found |= set(re.findall(r"dnat to ([0-9.]+:\d+)", body))
             found |= {f"{ip}:{port}" for ip, port in re.findall(r"__([0-9.]+)/(\d+)", body)}
         else:
-            for line in text.splitlines():
-                if f'"{key}:http"' in line and "--to-destination" in line:
-                    found.add(line.rsplit("--to-destination", 1)[1].split()[0])
+            found |= _iptables_destinations(text, *host_port(service))
+    return found
+
+
+def _iptables_destinations(save: str, host: str, port: int) -> set[str]:
+    """The DNAT targets kube-proxy's iptables rules send ``host:port`` to, followed from
+    KUBE-SERVICES by the cluster IP through the service chain to its endpoint chains. Not by
+    the rules' comments: over 1,000 endpoints kube-proxy's large-cluster mode leaves them out
+    of the endpoint chains."""
+    found: set[str] = set()
+    for svc in re.findall(
+        rf"^-A KUBE-SERVICES -d {re.escape(host)}/32 .*--dport {port} -j (KUBE-SVC-\S+)$",
+        save,
+        re.M,
+    ):
+        for sep in re.findall(rf"^-A {re.escape(svc)} .*-j (KUBE-SEP-\S+)$", save, re.M):
+            found |= set(re.findall(rf"^-A {re.escape(sep)} .*--to-destination (\S+)$", save, re.M))
     return found
 
 

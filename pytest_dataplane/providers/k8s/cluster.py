@@ -210,6 +210,7 @@ class KubeCluster:
         settle: Callable[[float], None] | None = None,
         proxy_histogram: bool | None = None,
         handle: Any = None,
+        nodes_run_kubelet: bool = True,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -221,6 +222,8 @@ class KubeCluster:
         self.dataplane_pods = dataplane_pods
         self.node_access = node_access
         self.node_access_reason = node_access_reason
+        # Rule counts leave kubelet's own chains out only where a kubelet writes them.
+        self.nodes_run_kubelet = nodes_run_kubelet
         self.background_refusal = background_refusal
         self.restrict_apply_to_namespace = restrict_apply_to_namespace
         self.hubble = hubble
@@ -540,7 +543,7 @@ class KubeCluster:
 
     def rule_count(self) -> RuleCount:
         nodes = self._require_nodes("counting rules")
-        found = count_rules(nodes)
+        found = count_rules(nodes, kubelet=self.nodes_run_kubelet)
         service_map: int | None = None
         if self.service_map is not None:
             service_map = self.service_map()

@@ -77,10 +77,13 @@ def split_sections(text: str) -> dict[str, str]:
     return {name: "\n".join(lines) + ("\n" if lines else "") for name, lines in sections.items()}
 
 
-def rules_from_dump(node: str, text: str) -> tuple[list[RuleCountPart], Counter[str]]:
+def rules_from_dump(
+    node: str, text: str, *, kubelet: bool = True
+) -> tuple[list[RuleCountPart], Counter[str]]:
     """Rule-count parts and chain sizes of one node's :data:`DUMP_SCRIPT` output, counted by
-    the same parsers as the lab's, kubelet's own chains left out (these nodes run a kubelet;
-    :func:`kubelet_from_dump` returns its lines)."""
+    the same parsers as the lab's. On nodes that run a kubelet (``kubelet``) its own chains
+    are left out (:func:`kubelet_from_dump` returns their lines); on the lab's nodes, which
+    run none, every KUBE- line is kube-proxy's (it writes a KUBE-FIREWALL chain too)."""
     parts: list[RuleCountPart] = []
     chains: Counter[str] = Counter()
     for tool, output in split_sections(text).items():
@@ -89,9 +92,9 @@ def rules_from_dump(node: str, text: str) -> tuple[list[RuleCountPart], Counter[
             chains.update(nft_chain_sizes(output))
         elif tool in _BACKENDS:
             parts += count_iptables_save(
-                output, node=node, backend=_BACKENDS[tool], exclude_kubelet=True
+                output, node=node, backend=_BACKENDS[tool], exclude_kubelet=kubelet
             )
-            chains.update(iptables_chain_sizes(output, exclude_kubelet=True))
+            chains.update(iptables_chain_sizes(output, exclude_kubelet=kubelet))
     return parts, chains
 
 
@@ -123,15 +126,17 @@ class NodeRules:
     chains: Counter[str]
 
 
-def count_rules(nodes: NodeAccess) -> NodeRules:
-    """Run :data:`DUMP_SCRIPT` on every node and count its ``KUBE-`` lines."""
+def count_rules(nodes: NodeAccess, *, kubelet: bool = True) -> NodeRules:
+    """Run :data:`DUMP_SCRIPT` on every node and count its ``KUBE-`` lines (kubelet's own
+    chains apart when the nodes run a kubelet)."""
     parts: list[RuleCountPart] = []
-    kubelet: list[RuleCountPart] = []
+    kubelet_parts: list[RuleCountPart] = []
     chains: dict[str, Counter[str]] = {}
     for node in nodes.nodes():
         dump = nodes.run(node, DUMP_SCRIPT)
-        node_parts, node_chains = rules_from_dump(node, dump)
+        node_parts, node_chains = rules_from_dump(node, dump, kubelet=kubelet)
         parts += node_parts
-        kubelet += kubelet_from_dump(node, dump)
+        if kubelet:
+            kubelet_parts += kubelet_from_dump(node, dump)
         chains[node] = node_chains
-    return NodeRules(tuple(parts), tuple(kubelet), merge_chains(chains))
+    return NodeRules(tuple(parts), tuple(kubelet_parts), merge_chains(chains))

@@ -233,6 +233,7 @@ class LabProvider:
                 settle=lambda timeout: access.wait_settled(lab, timeout=timeout),
                 proxy_histogram=dataplane != "ebpf",
                 handle=lab,
+                nodes_run_kubelet=False,  # the node agent writes no rules
                 facts=self._kube_facts(dataplane, lab),
                 on_close=_closer(lab, api, traffic),
             )
