@@ -105,7 +105,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "What runs the lab's cluster: kube (real etcd, kube-apiserver, controllers and "
         "kube-proxy from the build of kube/, the eBPF controller for ebpf) or imitation (the "
         "in-process controllers and proxiers; default while background services on the real "
-        "API server are slow: about 30-60 Services per second on 2 cores)",
+        "API server are slow: 57-110 Services per second on 2 cores)",
         "imitation",
         _parse_choice(("kube", "imitation"), "--dataplane-lab-engine"),
         metavar="ENGINE",

@@ -47,7 +47,7 @@ class LabProvider:
     :class:`~pytest_dataplane.providers.k8s.cluster.KubeCluster`); ``engine="imitation"`` (still
     the default) is the former in-process imitation (Python controllers and proxiers). The
     default stays until background services are fast enough on the real API server: creating
-    5,000 selectorless Services there runs at 30-60 per second on 2 cores (the ClusterIP
+    5,000 selectorless Services there runs at 57-110 per second on 2 cores (the ClusterIP
     allocator's IPAddress objects), and the examples create about 29,000.
     """
 
