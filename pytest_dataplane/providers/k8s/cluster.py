@@ -211,6 +211,7 @@ class KubeCluster:
         proxy_histogram: bool | None = None,
         handle: Any = None,
         nodes_run_kubelet: bool = True,
+        reuse_background: bool = False,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -257,6 +258,12 @@ class KubeCluster:
         self._services: dict[str, KubeService] = {}
         self._applied: list[tuple[str, str, str, str | None]] = []
         self._background = 0
+        self._background_endpoints = 0
+        # Background services a finished test left for the next (see reset()): how many,
+        # with how many endpoints each. Only where the cluster is discarded at close.
+        self.reuse_background = reuse_background
+        self._parked = 0
+        self._parked_endpoints = 0
         self._closed = False
         self.tracker = EndpointTracker()
         self._window_start = now()
@@ -335,6 +342,7 @@ class KubeCluster:
         port: int = 80,
     ) -> KubeService:
         check_deploy_args(name, replicas, port)
+        self._drop_parked()
         parsed = ServiceTime.parse(service_time)
         if parsed is not None and self.backend != "lab":
             _skip(
@@ -382,12 +390,14 @@ class KubeCluster:
         check_background_args(count, endpoints)
         if self.background_refusal is not None:
             _skip(self.background_refusal)
-        start = self._background
-        addresses = resources.background_addresses(start * endpoints, count * endpoints)
         started = now()
+        adopted = self._adopt_background(count, endpoints)
+        start = self._background
+        missing = count - adopted
+        addresses = resources.background_addresses(start * endpoints, missing * endpoints)
 
         def create(i: int) -> None:
-            name = f"{resources.BACKGROUND_PREFIX}{start + i:05d}"
+            name = resources.background_name(start + i)
             mine = addresses[i * endpoints : (i + 1) * endpoints]
             self.api.create(
                 resources.background_service(name, self.namespace, session=self.session)
@@ -397,19 +407,78 @@ class KubeCluster:
             )
 
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="dataplane-bg") as pool:
-            for future in [pool.submit(create, i) for i in range(count)]:
+            for future in [pool.submit(create, i) for i in range(missing)]:
                 future.result()
-        self._background += count
+        with self._lock:
+            mixed = self._background and self._background_endpoints != endpoints
+            self._background += missing
+            # Services of mixed shapes are not handed to the next test (-1: mixed).
+            self._background_endpoints = -1 if mixed else endpoints
         self._event(
             "background-services",
             count=count,
             endpoints=endpoints,
             total=self._background,
+            reused=adopted,
             seconds=now() - started,
         )
 
+    def _adopt_background(self, count: int, endpoints: int) -> int:
+        """Take over up to ``count`` of the background services the previous test left, when
+        they have ``endpoints`` endpoints each and this test has not used the cluster yet;
+        delete the rest. Returns how many were taken over."""
+        with self._lock:
+            parked, per_service = self._parked, self._parked_endpoints
+        if not parked:
+            return 0
+        if per_service != endpoints:
+            self._drop_parked()
+            return 0
+        adopted = min(count, parked)
+        if adopted < parked:
+            self._delete_background(range(adopted, parked))
+            self._settle_and_restart_window()
+        with self._lock:
+            self._parked = 0
+            self._background = adopted
+        return adopted
+
+    def _drop_parked(self) -> None:
+        """Delete the background services the previous test left, before this test uses the
+        cluster in any other way, and start its measurement window once the dataplane has
+        caught up: nothing this test measures sees them."""
+        with self._lock:
+            parked, self._parked = self._parked, 0
+        if not parked:
+            return
+        started = now()
+        self._delete_background(range(parked))
+        self._settle_and_restart_window()
+        log.info(
+            "%s: %d background services of an earlier test deleted in %.1f s",
+            self,
+            parked,
+            now() - started,
+        )
+
+    def _delete_background(self, indexes: range) -> None:
+        def delete(i: int) -> None:
+            name = resources.background_name(i)
+            self.api.delete("v1", "Service", name, self.namespace)
+            self.api.delete(
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                resources.background_slice_name(name),
+                self.namespace,
+            )
+
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="dataplane-bg") as pool:
+            for future in [pool.submit(delete, i) for i in indexes]:
+                future.result()
+
     def apply(self, path_or_objects: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         objects = load_manifests(path_or_objects)
+        self._drop_parked()
         applied = []
         for original in objects:
             obj = dict(original)
@@ -543,6 +612,7 @@ class KubeCluster:
 
     def rule_count(self) -> RuleCount:
         nodes = self._require_nodes("counting rules")
+        self._drop_parked()
         found = count_rules(nodes, kubelet=self.nodes_run_kubelet)
         service_map: int | None = None
         if self.service_map is not None:
@@ -584,6 +654,7 @@ class KubeCluster:
         return result
 
     def programming_latencies(self) -> npt.NDArray[np.float64]:
+        self._drop_parked()
         if self.programming is not None:
             changes = [e for e in self.events if e.name in _ENDPOINT_EVENTS]
             return np.asarray(self.programming.latencies(changes), dtype=np.float64)
@@ -600,6 +671,7 @@ class KubeCluster:
 
     def cpu_seconds(self) -> CpuUsage:
         self._require_nodes("the dataplane's CPU")
+        self._drop_parked()
         if self.cpu is None:
             raise DataplaneError(f"{self!r} was not started: no CPU sampler")
         end = now()
@@ -708,23 +780,46 @@ class KubeCluster:
     # -- reset / close --
 
     def reset(self) -> None:
-        """Delete what the test created in the namespace, and start a new measurement window."""
+        """Delete what the test created in the namespace, and start a new measurement window.
+
+        Where the cluster is discarded at close (``reuse_background``), the test's background
+        services stay for the next test: creating 5,000 Services takes the API server a minute
+        or more (its ClusterIP allocator counts every allocated address on each allocation),
+        and deleting them as long again. The next test takes them over if its first use of the
+        cluster is to ask for background services of the same shape; any other first use
+        deletes them and waits for the dataplane to catch up before its window starts.
+        """
         selector_workload = f"{resources.ROLE_LABEL}=workload"
         selector_background = f"{resources.ROLE_LABEL}=background"
         with self._lock:
             applied, self._applied = self._applied, []
+            park = self.reuse_background and self._background_endpoints > 0
+            if park:
+                self._parked = self._background
+                self._parked_endpoints = self._background_endpoints
+            elif self.reuse_background and self._background:
+                # Kept for no one: deleted like the rest.
+                self._parked, self._parked_endpoints = self._background, 0
         for api_version, kind, name, namespace in reversed(applied):
             self.api.delete(api_version, kind, name, namespace)
         deadline = now() + self.timeout
-        for api_version, kind, selector in (
+        collections = [
             ("apps/v1", "Deployment", selector_workload),
             ("v1", "Service", selector_workload),
-            ("v1", "Service", selector_background),
-            ("discovery.k8s.io/v1", "EndpointSlice", selector_background),
-        ):
+        ]
+        if not self.reuse_background:
+            collections += [
+                ("v1", "Service", selector_background),
+                ("discovery.k8s.io/v1", "EndpointSlice", selector_background),
+            ]
+        for api_version, kind, selector in collections:
             self._delete_all(api_version, kind, selector, deadline)
+        # Services still there but for the background ones kept for the next test.
+        remaining = f"{resources.ROLE_LABEL}!=background" if self.reuse_background else None
         while now() < deadline:
-            items, _ = self.api.list_items("v1", "Service", self.namespace)
+            items, _ = self.api.list_items(
+                "v1", "Service", self.namespace, label_selector=remaining
+            )
             if not items:
                 break
             time.sleep(0.5)
@@ -740,8 +835,19 @@ class KubeCluster:
             self._settle(max(1.0, deadline - now()))
         with self._lock:
             self._services.clear()
-            self._events.clear()
             self._background = 0
+            self._background_endpoints = 0
+        self._restart_window()
+
+    def _settle_and_restart_window(self) -> None:
+        if self._settle is not None:
+            self._settle(self.timeout)
+        self._restart_window()
+
+    def _restart_window(self) -> None:
+        """Start a new measurement window: events, changes, latencies and CPU from now on."""
+        with self._lock:
+            self._events.clear()
         self.tracker.forget()
         self._window_start = now()
         self._window_wall = time.time()

@@ -25,8 +25,10 @@ __all__ = [
     "ROLE_LABEL",
     "SESSION_LABEL",
     "background_addresses",
+    "background_name",
     "background_service",
     "background_slice",
+    "background_slice_name",
     "check_name",
     "cluster_ip",
     "deployment",
@@ -230,6 +232,16 @@ def background_addresses(first: int, count: int) -> list[str]:
     return [str(ipaddress.IPv4Address(base + first + i)) for i in range(count)]
 
 
+def background_name(index: int) -> str:
+    """The name of the ``index``-th background Service (from 0) of a session's namespace."""
+    return f"{BACKGROUND_PREFIX}{index:05d}"
+
+
+def background_slice_name(service_name: str) -> str:
+    """The name of background Service ``service_name``'s one EndpointSlice."""
+    return f"{service_name}-1"
+
+
 def background_service(name: str, namespace: str, *, session: str) -> dict[str, Any]:
     """A selector-less ClusterIP Service: its endpoints come from :func:`background_slice`."""
     return {
@@ -261,7 +273,11 @@ def background_slice(
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{service_name}-1", "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": background_slice_name(service_name),
+            "namespace": namespace,
+            "labels": labels,
+        },
         "addressType": "IPv4",
         "endpoints": [
             {"addresses": [address], "conditions": {"ready": True}} for address in addresses

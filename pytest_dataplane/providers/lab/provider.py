@@ -236,6 +236,8 @@ class LabProvider:
                 nodes_run_kubelet=False,  # the node agent writes no rules
                 facts=self._kube_facts(dataplane, lab),
                 on_close=_closer(lab, api, traffic),
+                # The lab is discarded at close: background services stay between tests.
+                reuse_background=True,
             )
         except BaseException:
             if traffic is not None:
