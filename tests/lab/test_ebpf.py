@@ -33,8 +33,10 @@ from pytest_dataplane.providers.lab.ebpf import (
     EbpfProxier,
     build_object,
     cgroup2_mounts,
+    checks,
     ebpf_unavailable_reason,
 )
+from pytest_dataplane.providers.lab.ebpf import plan as lb_plan
 
 VIP = "10.96.0.10"
 PODS = tuple(f"10.244.0.{i}" for i in (1, 2, 3, 4))
@@ -102,7 +104,7 @@ def available() -> None:
 def toolchain() -> None:
     # Building needs clang and the headers only, not root.
     try:
-        ebpf._include_dirs()
+        checks.include_dirs()
     except DataplaneUnavailable as exc:
         pytest.skip(str(exc))
     if _proc.which("clang") is None:
@@ -370,9 +372,9 @@ def test_full_sync_removes_entries_it_did_not_write(lab: Lab, proxier: EbpfProxi
     services = _bpf.BpfMap(str(proxier.maps_dir / ebpf.SERVICES_MAP))
     backends = _bpf.BpfMap(str(proxier.maps_dir / ebpf.BACKENDS_MAP))
     try:
-        stray_service = ebpf._SVC_KEY.pack(bytes([10, 96, 9, 9]), (80).to_bytes(2, "big"), 6)
-        services.update(stray_service, ebpf._SVC_VAL.pack(999_999, 1))
-        backends.update(ebpf._BE_KEY.pack(999_999, 0), ebpf._BE_VAL.pack(bytes(4), bytes(2)))
+        stray_service = lb_plan.SVC_KEY.pack(bytes([10, 96, 9, 9]), (80).to_bytes(2, "big"), 6)
+        services.update(stray_service, lb_plan.SVC_VAL.pack(999_999, 1))
+        backends.update(lb_plan.BE_KEY.pack(999_999, 0), lb_plan.BE_VAL.pack(bytes(4), bytes(2)))
         assert services.count() == 2
         result = proxier.sync({"web": _service("web", VIP, *PODS[:3])}, None)
         assert services.count() == 1
@@ -597,15 +599,15 @@ def test_missing_headers_root_and_cgroup2_are_named(
     assert "needs root" in (ebpf_unavailable_reason() or "")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(_proc, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(ebpf, "_INCLUDE_ROOTS", (tmp_path,))
+    monkeypatch.setattr(checks, "INCLUDE_ROOTS", (tmp_path,))
     reason = ebpf_unavailable_reason(probe_mount=False) or ""
     assert "bpf/bpf_helpers.h" in reason
     assert "apt-get install clang llvm libbpf-dev" in reason
     monkeypatch.undo()
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(_proc, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(ebpf, "_include_dirs", list)
-    monkeypatch.setattr(ebpf, "cgroup2_mounts", list)
+    monkeypatch.setattr(checks, "include_dirs", list)
+    monkeypatch.setattr(checks, "cgroup2_mounts", list)
     assert "no cgroup v2 hierarchy" in (ebpf_unavailable_reason(probe_mount=False) or "")
 
 
@@ -613,7 +615,7 @@ def test_missing_headers_root_and_cgroup2_are_named(
 # Pure parts: planning a sync, validating specs, reading /proc/mounts
 
 
-def _live_after(plan: ebpf._Plan, live: dict[str, ebpf._Live]) -> dict[str, ebpf._Live]:
+def _live_after(plan: lb_plan.SyncPlan, live: dict[str, lb_plan.Live]) -> dict[str, lb_plan.Live]:
     out = dict(live)
     for name, new in plan.changes.items():
         out.pop(name, None)
@@ -622,23 +624,23 @@ def _live_after(plan: ebpf._Plan, live: dict[str, ebpf._Live]) -> dict[str, ebpf
     return out
 
 
-def _owners(live: dict[str, ebpf._Live]) -> dict[bytes, str]:
+def _owners(live: dict[str, lb_plan.Live]) -> dict[bytes, str]:
     return {entry.key: name for name, entry in live.items()}
 
 
 def test_plan_writes_a_new_revision_before_switching_and_deletes_the_old_one() -> None:
-    first = ebpf._plan({}, {}, {"a": _service("a", VIP, "10.0.0.1", "10.0.0.2")}, None, 1)
-    assert [ebpf._BE_KEY.unpack(k) for k, _ in first.backend_writes] == [(1, 0), (1, 1)]
-    assert [ebpf._SVC_VAL.unpack(v) for _, v in first.service_writes] == [(1, 2)]
+    first = lb_plan.plan_sync({}, {}, {"a": _service("a", VIP, "10.0.0.1", "10.0.0.2")}, None, 1)
+    assert [lb_plan.BE_KEY.unpack(k) for k, _ in first.backend_writes] == [(1, 0), (1, 1)]
+    assert [lb_plan.SVC_VAL.unpack(v) for _, v in first.service_writes] == [(1, 2)]
     assert first.service_deletes == first.backend_deletes == []
     live = _live_after(first, {})
 
-    second = ebpf._plan(live, _owners(live), {"a": _service("a", VIP, "10.0.0.3")}, ["a"], 2)
-    assert [ebpf._BE_KEY.unpack(k) for k, _ in second.backend_writes] == [(2, 0)]
-    assert [ebpf._SVC_VAL.unpack(v) for _, v in second.service_writes] == [(2, 1)]
-    assert [ebpf._BE_KEY.unpack(k) for k in second.backend_deletes] == [(1, 0), (1, 1)]
+    second = lb_plan.plan_sync(live, _owners(live), {"a": _service("a", VIP, "10.0.0.3")}, ["a"], 2)
+    assert [lb_plan.BE_KEY.unpack(k) for k, _ in second.backend_writes] == [(2, 0)]
+    assert [lb_plan.SVC_VAL.unpack(v) for _, v in second.service_writes] == [(2, 1)]
+    assert [lb_plan.BE_KEY.unpack(k) for k in second.backend_deletes] == [(1, 0), (1, 1)]
     assert second.service_deletes == []  # the key stays; only its value switched
-    assert ebpf._BE_VAL.unpack(second.backend_writes[0][1]) == (
+    assert lb_plan.BE_VAL.unpack(second.backend_writes[0][1]) == (
         bytes([10, 0, 0, 3]),
         (8080).to_bytes(2, "big"),
     )
@@ -646,19 +648,19 @@ def test_plan_writes_a_new_revision_before_switching_and_deletes_the_old_one() -
 
 def test_plan_skips_unchanged_services_unless_full() -> None:
     services = {"a": _service("a", VIP, "10.0.0.1"), "b": _service("b", "10.96.0.11", "10.0.0.2")}
-    live = _live_after(ebpf._plan({}, {}, services, None, 1), {})
-    assert ebpf._plan(live, _owners(live), services, ["a", "b"], 3).entries == 0
-    full = ebpf._plan(live, _owners(live), services, None, 3)
+    live = _live_after(lb_plan.plan_sync({}, {}, services, None, 1), {})
+    assert lb_plan.plan_sync(live, _owners(live), services, ["a", "b"], 3).entries == 0
+    full = lb_plan.plan_sync(live, _owners(live), services, None, 3)
     assert len(full.service_writes) == 2
     assert len(full.backend_deletes) == 2
 
 
 def test_plan_removal_and_vip_moves() -> None:
     services = {"a": _service("a", VIP, "10.0.0.1"), "b": _service("b", "10.96.0.11", "10.0.0.2")}
-    live = _live_after(ebpf._plan({}, {}, services, None, 1), {})
+    live = _live_after(lb_plan.plan_sync({}, {}, services, None, 1), {})
     # b removed, a moves to b's old VIP: b's key is reused, a's old key is deleted.
     moved = {"a": _service("a", "10.96.0.11", "10.0.0.1")}
-    plan = ebpf._plan(live, _owners(live), moved, ["a", "b"], 3)
+    plan = lb_plan.plan_sync(live, _owners(live), moved, ["a", "b"], 3)
     assert plan.service_deletes == [live["a"].key]
     assert [k for k, _ in plan.service_writes] == [live["b"].key]
     assert plan.changes["b"] is None
@@ -666,19 +668,21 @@ def test_plan_removal_and_vip_moves() -> None:
 
 
 def test_plan_rejects_two_services_on_one_vip_port() -> None:
-    live = _live_after(ebpf._plan({}, {}, {"a": _service("a", VIP, "10.0.0.1")}, None, 1), {})
+    live = _live_after(
+        lb_plan.plan_sync({}, {}, {"a": _service("a", VIP, "10.0.0.1")}, None, 1), {}
+    )
     clash = {"a": _service("a", VIP, "10.0.0.1"), "b": _service("b", VIP, "10.0.0.2")}
     with pytest.raises(ValueError, match=r"services 'a' and 'b' both use 10.96.0.10:80/tcp"):
-        ebpf._plan(live, _owners(live), clash, ["b"], 2)
+        lb_plan.plan_sync(live, _owners(live), clash, ["b"], 2)
     with pytest.raises(ValueError, match=r"both use"):
-        ebpf._plan({}, {}, clash, None, 1)
+        lb_plan.plan_sync({}, {}, clash, None, 1)
     # The same VIP on another port or protocol is another service.
     other = {
         "a": _service("a", VIP, "10.0.0.1"),
         "b": _service("b", VIP, "10.0.0.2", port=443),
         "c": ServiceSpec("c", VIP, 80, (Endpoint("10.0.0.3", 53),), protocol="udp"),
     }
-    assert len(ebpf._plan({}, {}, other, None, 1).service_writes) == 3
+    assert len(lb_plan.plan_sync({}, {}, other, None, 1).service_writes) == 3
 
 
 @pytest.mark.parametrize(
@@ -694,7 +698,7 @@ def test_plan_rejects_two_services_on_one_vip_port() -> None:
 )
 def test_invalid_specs_are_named(spec: ServiceSpec, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ebpf._plan({}, {}, {"s": spec}, None, 1)
+        lb_plan.plan_sync({}, {}, {"s": spec}, None, 1)
 
 
 def test_cgroup2_mounts_are_found_wherever_they_are() -> None:
