@@ -1,37 +1,64 @@
 """Dataplane comparison in the lab: what 1, 1,000 and 5,000 services cost each dataplane.
 
-Run as root, on demand (not part of the test suite)::
+Run as root, on demand (not part of the test suite), once the Kubernetes binaries are built
+(``python -m pytest_dataplane kube build``)::
 
     sudo .venv/bin/python benchmarks/lab.py [--services 1,1000,5000] [--dataplanes ...]
 
-For each dataplane and service count it measures, in one run on this machine:
+Each dataplane gets one real lab Kubernetes cluster (API server, controllers, kube-proxy in
+iptables or nftables mode, or the lab's eBPF controller), and a Deployment ``bench`` of 3 pods
+behind a ClusterIP Service. The service counts are reached by growing one set of selectorless
+background services (3 endpoints each) within that cluster, never by recreating it: the API
+server allocates ClusterIPs slowly (minutes for 5,000 on 2 cores), and the time each growth
+took is printed. At each count it measures, in one run on this machine:
 
-* connection + request latency (p50/p95/p99) of new TCP connections to the service VIP from
-  the client namespace, with an open-loop load at a fixed rate and a backend answering at
-  once, so the dataplane's per-connection cost is what differs; the same load straight to a
-  pod IP is the reference row ("direct"), the floor no dataplane can beat;
-* network-programming latency (p50/p95) and dataplane CPU per endpoint change during a
-  rollout under that load;
-* the time a full sync of every service takes, and the ``KUBE-`` rule count;
+* connection + request latency (p50/p95/p99) of new TCP connections to the service's
+  ClusterIP from the client namespace (on ebpf, its cgroup), with an open-loop load at a fixed
+  rate and a backend answering at once, so the dataplane's per-connection cost is what
+  differs; at the first count, the same load straight to a pod IP is the reference row
+  ("direct"), the floor no dataplane can beat;
+* network-programming latency (p50/p95) during a rollout (surge 1) under that load:
+  kube-proxy's own ``kubeproxy_network_programming_duration_seconds`` (the Kubernetes SLI; a
+  histogram, so each figure is its bucket's upper bound), or on ebpf the lab controller's
+  exact record of each change (``cluster.programming_latencies()`` either way);
+* dataplane CPU per endpoint change in that rollout (``cluster.cpu_seconds()``: kube-proxy's
+  cgroup with the iptables-restore / nft it runs, or the eBPF controller's cgroup);
+* kube-proxy's full sync: one is forced by changing the node's topology-zone label (kube-proxy
+  resyncs every service on a topology change) and timed by kube-proxy itself, from its
+  ``kubeproxy_sync_full_proxy_rules_duration_seconds`` histogram (the change of its ``_sum``
+  over the change of its ``_count``: exact). The eBPF controller has no full-sync trigger
+  (it writes everything once at start and on a relist): n/a;
+* the ``KUBE-`` rule lines (``cluster.rule_count()``);
 
-then prints the table and the ratios iptables/ebpf (and nftables/ebpf) of every column.
+then prints the table, the ratios iptables/ebpf (and nftables/ebpf) of every column, and the
+machine's load average at each measurement (the figures are only as quiet as the machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pytest_dataplane.config import parse_dataplanes
-from pytest_dataplane.load import LoadFactory, run
+from pytest_dataplane.errors import DataplaneError
+from pytest_dataplane.load import LoadFactory, LoadResult, run
 from pytest_dataplane.providers.lab import LabProvider
-from pytest_dataplane.providers.lab.doctor import unavailable_reason
+from pytest_dataplane.providers.lab.kube.access import wait_settled
+
+FULL_SYNC = "kubeproxy_sync_full_proxy_rules_duration_seconds"
+# kube-proxy resyncs every service when this label of its Node changes (OnTopologyChange).
+ZONE_LABEL = "topology.kubernetes.io/zone"
+ENDPOINTS = 3
+SETTLE_TIMEOUT = 900.0
 
 
 @dataclass
@@ -45,10 +72,13 @@ class Row:
     saturated: bool = False
     prog_p50: float = float("nan")
     prog_p95: float = float("nan")
+    changes: int = 0
     cpu_p50: float = float("nan")
     cpu_p95: float = float("nan")
-    program_all: float = float("nan")
+    full_sync: float = float("nan")
     rules: int = 0
+    created: float = float("nan")  # seconds to create this count's new background services
+    load: tuple[float, float, float] = (float("nan"),) * 3
     notes: list[str] = field(default_factory=list)
 
 
@@ -56,93 +86,223 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value * 1e3:.3f}"
 
 
-def _percentiles(values: np.ndarray) -> tuple[float, float]:
+def _percentiles(values: npt.NDArray[np.float64]) -> tuple[float, float]:
     if values.size == 0:
         return float("nan"), float("nan")
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def measure(dataplane: str, counts: list[int], args: argparse.Namespace) -> list[Row]:
-    backend = "auto"
-    label = dataplane
-    if dataplane.startswith("iptables-"):
-        dataplane, backend = "iptables", dataplane.split("-", 1)[1]
-    reason = unavailable_reason(dataplane, backend)
+def _new_observations(
+    before: npt.NDArray[np.float64], after: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """What ``after`` holds beyond ``before``, as multisets: kube-proxy's histogram comes back
+    sorted by bucket, so the new observations are not simply its tail."""
+    left = collections.Counter(after.tolist())
+    left.subtract(collections.Counter(before.tolist()))
+    return np.asarray(sorted(left.elements()), dtype=np.float64)
+
+
+def _sum_count(metrics: str, name: str) -> tuple[float, float]:
+    """``_sum`` and ``_count`` of histogram ``name`` in Prometheus text, over its labels."""
+    total = count = 0.0
+    for line in metrics.splitlines():
+        head, _, value = line.rpartition(" ")
+        metric = head.split("{", 1)[0]
+        if metric == f"{name}_sum":
+            total += float(value)
+        elif metric == f"{name}_count":
+            count += float(value)
+    return total, count
+
+
+def force_full_sync(cluster: Any, serial: int) -> tuple[float, str]:
+    """Make every node's kube-proxy resync all services; its own figure for that sync (the
+    slowest node's) and a note."""
+    lab = cluster.handle
+    wait_settled(lab, timeout=SETTLE_TIMEOUT)
+    before = [_sum_count(lab.proxy_metrics(i), FULL_SYNC) for i in range(len(lab.node_names))]
+    for node in lab.node_names:
+        cluster.api.patch(
+            "v1",
+            "Node",
+            node,
+            None,
+            {"metadata": {"labels": {ZONE_LABEL: f"bench-{serial}"}}},
+            strategic=False,
+        )
+    seconds = 0.0
+    note = ""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    for index, (sum0, count0) in enumerate(before):
+        while True:
+            total, count = _sum_count(lab.proxy_metrics(index), FULL_SYNC)
+            if count > count0:
+                break
+            if time.monotonic() > deadline:
+                raise DataplaneError(
+                    f"kube-proxy on {lab.node_names[index]} made no full sync in "
+                    f"{SETTLE_TIMEOUT:g} s after its topology label changed"
+                )
+            time.sleep(0.1)
+        if count - count0 > 1:
+            note = f"{count - count0:g} full syncs meanwhile: their mean"
+        seconds = max(seconds, (total - sum0) / (count - count0))
+    return seconds, note
+
+
+def wait_programmed(cluster: Any, service: Any) -> None:
+    """Wait until the dataplane holds what the API says (kube-proxy: nothing pending; ebpf:
+    the service's map entry lists exactly its ready endpoints)."""
+    lab = cluster.handle
+    if lab.runs_kube_proxy:
+        wait_settled(lab, timeout=SETTLE_TIMEOUT)
+        return
+    svc = cluster.api.get("v1", "Service", service.name, cluster.namespace)
+    vip = svc["spec"]["clusterIP"]
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline:
+        wanted = set(service.endpoints)
+        held = [set(v) for k, v in lab.ebpf_programmed().items() if k[0] == vip]
+        if held and all(h == wanted for h in held):
+            return
+        time.sleep(0.05)
+    raise DataplaneError(f"the eBPF maps never held {service.name}'s endpoints {wanted}")
+
+
+def wait_background(cluster: Any, services: int) -> None:
+    """Wait until the dataplane has programmed ``services`` services (besides the API's own)."""
+    lab = cluster.handle
+    if lab.runs_kube_proxy:
+        wait_settled(lab, timeout=SETTLE_TIMEOUT)
+        return
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while len(lab.ebpf_programmed()) < services:
+        if time.monotonic() > deadline:
+            raise DataplaneError(f"the eBPF maps never held {services} services")
+        time.sleep(0.1)
+
+
+def _latencies(row: Row, result: LoadResult) -> None:
+    row.p50, row.p95, row.p99 = (result.percentile(q) for q in (50, 95, 99))
+    row.errors += result.errors
+    row.saturated = row.saturated or result.saturated
+
+
+def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row]:
+    dataplane, backend = label, "auto"
+    if label.startswith("iptables-"):
+        dataplane, backend = "iptables", label.split("-", 1)[1]
+    provider = LabProvider(iptables_backend=backend)
+    reason = provider.availability(dataplane)
     if reason is not None:
         print(f"# {label}: skipped ({reason})", file=sys.stderr)
         return []
-    provider = LabProvider(iptables_backend=backend)
     rows = []
     try:
+        began = time.monotonic()
         cluster = provider.create(dataplane)
+        lab = cluster.handle
         if dataplane == "iptables":
-            label = f"iptables-{cluster.proxier.backend}"
+            label = f"iptables-{lab.iptables_backend}"
         service = cluster.deploy("bench", replicas=3)
-        factory = LoadFactory()
-        for count in counts:
-            missing = count - 1 - len(cluster._background)
-            if missing > 0:
-                cluster.add_background_services(missing, endpoints=3)
+        print(f"# {label}: cluster and bench up in {time.monotonic() - began:.1f} s", flush=True)
+        rows.append(direct(label, service, args))
+        factory = LoadFactory(record=None)
+        background = 0
+        for serial, count in enumerate(counts):
             row = Row(label, count)
-            row.program_all = cluster.resync()
-            result = run(
-                service.url,
-                rate=args.rate,
-                duration=args.duration,
-                engine="fast",
-                netns=service.netns,
-                cgroup=service.cgroup,
+            missing = count - 1 - background  # the bench service is one of the count
+            if missing > 0:
+                began = time.monotonic()
+                cluster.add_background_services(missing, endpoints=ENDPOINTS)
+                row.created = time.monotonic() - began
+                background += missing
+                wait_background(cluster, background + 1)
+                print(
+                    f"# {label}: {missing} background services created in {row.created:.1f} s "
+                    f"({missing / row.created:.0f}/s), programmed after "
+                    f"{time.monotonic() - began:.1f} s",
+                    flush=True,
+                )
+            row.load = os.getloadavg()
+            if lab.runs_kube_proxy:
+                row.full_sync, note = force_full_sync(cluster, serial)
+                if note:
+                    row.notes.append(note)
+            wait_programmed(cluster, service)
+            _latencies(
+                row,
+                run(
+                    service.url,
+                    rate=args.rate,
+                    duration=args.duration,
+                    engine="fast",
+                    netns=service.netns,
+                    cgroup=service.cgroup,
+                ),
             )
-            row.p50, row.p95, row.p99 = (result.percentile(q) for q in (50, 95, 99))
-            row.errors, row.saturated = result.errors, result.saturated
-            before_prog = cluster.programming_latencies().size
+            before_prog = cluster.programming_latencies()
             before_cpu = len(cluster.cpu_seconds().per_change)
             with factory(
                 service, rate=args.rate, duration=args.rollout_duration, engine="fast"
             ) as during:
-                time.sleep(0.5)
+                time.sleep(0.5)  # some load before the rollout starts
                 service.rollout(max_surge=1, max_unavailable=0, grace="2s")
-            cluster.wait_programmed()
+                wait_programmed(cluster, service)
             row.errors += during.result.errors
             row.saturated = row.saturated or during.result.saturated
-            row.prog_p50, row.prog_p95 = _percentiles(cluster.programming_latencies()[before_prog:])
+            after_prog = cluster.programming_latencies()
+            if lab.runs_kube_proxy:
+                new = _new_observations(before_prog, after_prog)
+            else:
+                # One figure per change, in the order the changes were seen.
+                new = after_prog[before_prog.size :]
+            row.changes = new.size
+            row.prog_p50, row.prog_p95 = _percentiles(new)
             row.cpu_p50, row.cpu_p95 = _percentiles(
-                np.asarray(cluster.cpu_seconds().per_change[before_cpu:])
+                np.asarray(cluster.cpu_seconds().per_change[before_cpu:], dtype=np.float64)
             )
             row.rules = cluster.rule_count().total
             rows.append(row)
-            print(f"# {label} at {count} services measured", file=sys.stderr)
+            print(
+                f"# {label} at {count} services measured (load average "
+                f"{' '.join(f'{x:.1f}' for x in row.load)})",
+                flush=True,
+            )
         factory.close()
     finally:
         provider.close()
     return rows
 
 
-def direct(args: argparse.Namespace) -> Row:
-    """The same load straight to a pod: no service translation at all."""
-    provider = LabProvider()
-    try:
-        cluster = provider.create("iptables")
-        service = cluster.deploy("bench", replicas=1)
-        pod = service.endpoints[0]
-        result = run(
+def direct(label: str, service: Any, args: argparse.Namespace) -> Row:
+    """The same load straight to a pod from the client namespace: no service translation (on
+    ebpf outside the balanced cgroup, so its program is not even consulted)."""
+    row = Row(f"direct ({label})", 1)
+    row.load = os.getloadavg()
+    pod = service.endpoints[0]
+    _latencies(
+        row,
+        run(
             f"http://{pod}/",
             rate=args.rate,
             duration=args.duration,
             engine="fast",
             netns=service.netns,
-        )
-        row = Row("direct", 1)
-        row.p50, row.p95, row.p99 = (result.percentile(q) for q in (50, 95, 99))
-        row.errors, row.saturated = result.errors, result.saturated
-        return row
-    finally:
-        provider.close()
+        ),
+    )
+    return row
+
+
+def _ratio(a: float, b: float, digits: int) -> str:
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return "n/a"
+    return f"{a / b:.{digits}f}"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataplanes", default="iptables,iptables-legacy,nftables,ebpf")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--dataplanes", default="iptables,nftables,ebpf")
     parser.add_argument("--services", default="1,1000,5000")
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--duration", type=float, default=8.0)
@@ -151,44 +311,58 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks/lab.py needs root (network namespaces)", file=sys.stderr)
         return 2
-    counts = [int(c) for c in args.services.split(",")]
+    counts = sorted({int(c) for c in args.services.split(",")})
+    if counts[0] < 1:
+        raise SystemExit(f"--services: {args.services!r}; accepted: counts >= 1")
     names = [d.strip() for d in args.dataplanes.split(",") if d.strip()]
     parse_dataplanes([n.split("-")[0] for n in names])  # validates the names
-    rows = [direct(args)]
+    started = time.monotonic()
+    rows: list[Row] = []
     for name in names:
         rows += measure(name, counts, args)
     header = (
-        f"{'dataplane':17} {'services':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'prog p50':>9} {'prog p95':>9} {'cpu/chg p95':>11} {'full sync':>9} "
-        f"{'KUBE- lines':>11} {'errors':>6}"
+        f"{'dataplane':25} {'services':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'prog p50':>9} {'prog p95':>9} {'changes':>7} {'cpu/chg p50':>11} "
+        f"{'cpu/chg p95':>11} {'full sync':>9} {'KUBE- lines':>11} {'errors':>6} "
+        f"{'created':>8} {'load avg':>14}"
     )
     print(
-        f"\nlab dataplanes, {os.cpu_count()} CPUs, kernel {os.uname().release}, "
-        f"load {args.rate:g} req/s of new connections\n"
+        f"\nlab dataplanes on real Kubernetes, {os.cpu_count()} CPUs, kernel "
+        f"{os.uname().release}, load {args.rate:g} req/s of new connections, "
+        f"{time.monotonic() - started:.0f} s in all\n"
     )
     print(header)
     for r in rows:
         flag = " (load generator saturated)" if r.saturated else ""
+        notes = "".join(f"; {n}" for n in r.notes)
+        created = "" if math.isnan(r.created) else f"{r.created:.0f}s"
         print(
-            f"{r.dataplane:17} {r.services:>8} {_ms(r.p50):>8} {_ms(r.p95):>8} {_ms(r.p99):>8} "
-            f"{_ms(r.prog_p50):>9} {_ms(r.prog_p95):>9} {_ms(r.cpu_p95):>11} "
-            f"{'n/a' if math.isnan(r.program_all) else f'{r.program_all:.3f}s':>9} "
-            f"{r.rules:>11,} {r.errors:>6}{flag}"
+            f"{r.dataplane:25} {r.services:>8} {_ms(r.p50):>8} {_ms(r.p95):>8} {_ms(r.p99):>8} "
+            f"{_ms(r.prog_p50):>9} {_ms(r.prog_p95):>9} {r.changes:>7} {_ms(r.cpu_p50):>11} "
+            f"{_ms(r.cpu_p95):>11} "
+            f"{'n/a' if math.isnan(r.full_sync) else f'{r.full_sync:.3f}s':>9} "
+            f"{r.rules:>11,} {r.errors:>6} {created:>8} "
+            f"{' '.join(f'{x:.1f}' for x in r.load):>14}{flag}{notes}"
         )
+    print(
+        "\nprog: kube-proxy's network_programming_duration_seconds (bucket upper bounds) or the "
+        "eBPF controller's per-change record; full sync: kube-proxy's own figure for a sync "
+        "forced by a node topology-label change"
+    )
     ebpf = {r.services: r for r in rows if r.dataplane == "ebpf"}
     print("\nratios to ebpf at the same service count (>1: slower / costlier than ebpf)")
     print(
-        f"{'dataplane':17} {'services':>8} {'p50':>7} {'p99':>7} {'prog p95':>9} "
-        f"{'cpu/chg p95':>11} {'full sync':>9}"
+        f"{'dataplane':25} {'services':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'prog p95':>9} "
+        f"{'cpu/chg p95':>11}"
     )
     for r in rows:
         ref = ebpf.get(r.services)
-        if ref is None or r.dataplane in ("ebpf", "direct"):
+        if ref is None or r.dataplane == "ebpf" or r.dataplane.startswith("direct"):
             continue
         print(
-            f"{r.dataplane:17} {r.services:>8} {r.p50 / ref.p50:>7.2f} {r.p99 / ref.p99:>7.2f} "
-            f"{r.prog_p95 / ref.prog_p95:>9.0f} {r.cpu_p95 / ref.cpu_p95:>11.0f} "
-            f"{r.program_all / ref.program_all:>9.0f}"
+            f"{r.dataplane:25} {r.services:>8} {_ratio(r.p50, ref.p50, 2):>7} "
+            f"{_ratio(r.p95, ref.p95, 2):>7} {_ratio(r.p99, ref.p99, 2):>7} "
+            f"{_ratio(r.prog_p95, ref.prog_p95, 0):>9} {_ratio(r.cpu_p95, ref.cpu_p95, 0):>11}"
         )
     return 0
 
