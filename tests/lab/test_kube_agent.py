@@ -717,7 +717,7 @@ class _ScriptedApi:
 def test_the_pod_watch_resumes_from_its_resource_version_and_relists_on_410(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_dataplane.providers.lab.kube import agent as agent_module
+    from pytest_dataplane.providers.lab.kube.agent import node as agent_module
 
     scripted = _ScriptedApi(
         lists=[
@@ -735,7 +735,7 @@ def test_the_pod_watch_resumes_from_its_resource_version_and_relists_on_410(
             [{"type": "DELETED", "object": _pod("b", "31")}],
         ],
     )
-    monkeypatch.setattr(agent_module, "_Api", lambda *args: scripted)
+    monkeypatch.setattr(agent_module, "Api", lambda *args: scripted)
     agent = agent_module.Agent(NodeConfig(**CONFIG), "unused")
     scripted.agent = agent
     dispatched: list[tuple[str, str, str]] = []
@@ -836,11 +836,11 @@ def bare_node(
     from pytest_dataplane.providers.lab import netns
     from pytest_dataplane.providers.lab._session import Session
     from pytest_dataplane.providers.lab.cleanup import remove_session
-    from pytest_dataplane.providers.lab.kube import agent as agent_module
+    from pytest_dataplane.providers.lab.kube.agent import node as agent_module
 
     session = Session.new()
     api = RecordingApi(session.prefix)
-    monkeypatch.setattr(agent_module, "_Api", lambda *args: api)
+    monkeypatch.setattr(agent_module, "Api", lambda *args: api)
     monkeypatch.setattr(agent_module, "SPARES", getattr(request, "param", agent_module.SPARES))
     agent = None
     try:

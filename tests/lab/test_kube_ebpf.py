@@ -259,12 +259,12 @@ def test_no_kube_proxy_rules_on_the_node(ebpf_lab: KubeLab) -> None:
 def _create_background(lab: KubeLab, count: int, threads: int = 8) -> None:
     """``count`` selectorless Services, each with one EndpointSlice of 3 ready endpoints (the
     addresses are never connected to), created through the API from several clients."""
-    from pytest_dataplane.providers.lab.kube.agent import _Api
+    from pytest_dataplane.providers.lab.kube.daemon import Api
 
     errors: list[str] = []
 
     def work(part: int) -> None:
-        api = _Api(str(lab.kubeconfig), f"bg{part}")
+        api = Api(str(lab.kubeconfig), f"bg{part}")
         try:
             for i in range(part, count, threads):
                 name = f"bg-{i}"

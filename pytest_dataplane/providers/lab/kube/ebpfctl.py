@@ -8,7 +8,7 @@ of its own, as a Cilium agent runs on its node). It
   to ``--cgroup``, the cgroup the cluster's clients join: their ``connect()`` to a ClusterIP
   goes straight to an endpoint; nothing is written to iptables or nftables;
 - watches Services and EndpointSlices (list, then watch from the list's resourceVersion,
-  relisting on 410 Gone, as the node agent watches pods, with the agent's API client);
+  relisting on 410 Gone, as the node agent watches pods: :mod:`.daemon`'s client and loop);
 - computes, for every ClusterIP Service port (TCP, UDP), its endpoints as kube-proxy picks
   them (ready ones; serving-and-terminating ones when none is ready) and programs the changed
   ones with batched map writes. Changes that arrive while a write runs are coalesced into the
@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -50,6 +48,7 @@ from typing import Any, Final
 
 from ....errors import DataplaneError
 from .._types import Endpoint, ServiceSpec
+from .daemon import Api, list_and_watch, start_process, stop_on_signals
 
 __all__ = [
     "Model",
@@ -71,7 +70,6 @@ RECORDS_FILE: Final = "programming.jsonl"
 SERVICES_PATH: Final = "/api/v1/services"
 SLICES_PATH: Final = "/apis/discovery.k8s.io/v1/endpointslices"
 _PROTOCOLS: Final = ("TCP", "UDP")  # what the connect4 program balances
-_PR_SET_PDEATHSIG: Final = 1
 _RFC3339: Final = re.compile(
     r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?"
     r"(?P<zone>[Zz]|[+-]\d\d:\d\d)"
@@ -441,42 +439,23 @@ class Controller:
         self.records = state_dir / RECORDS_FILE
 
     def _watch(self, kind: str, path: str) -> None:
-        from .agent import ApiError, _Api, _status
+        def listed(data: dict[str, Any]) -> None:
+            self.events.put(("list", kind, data.get("items") or [], time.time()))
 
-        api = _Api(self.kubeconfig, f"ebpfctl-{kind}")
-        api.client.user_agent = f"pytest-dataplane-lab-ebpfctl/{kind}"
-        resource_version = ""
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                if not resource_version:
-                    data = api.request("GET", path, timeout=(5.0, 120.0))
-                    seen = time.time()
-                    self.events.put(("list", kind, data.get("items") or [], seen))
-                    resource_version = str(_meta(data).get("resourceVersion") or "")
-                for event in api.watch(path, {"resourceVersion": resource_version}):
-                    seen = time.time()
-                    etype, obj = event.get("type"), event.get("object") or {}
-                    if etype == "ERROR":
-                        if obj.get("code") == 410:
-                            log.info("%s watch expired (410 Gone); relisting", kind)
-                            resource_version = ""
-                            break
-                        raise ApiError(int(obj.get("code") or 0), str(obj.get("message")))
-                    resource_version = str(_meta(obj).get("resourceVersion") or resource_version)
-                    if etype != "BOOKMARK":
-                        self.events.put(("event", kind, str(etype), obj, seen))
-                failures = 0
-            except Exception as exc:
-                if self.stopping.is_set():
-                    return
-                if _status(exc) == 410:
-                    log.info("%s watch expired (410 Gone); relisting", kind)
-                    resource_version = ""
-                    continue
-                failures += 1
-                log.warning("%s watch failed (%s); again in %d s", kind, exc, min(failures, 5))
-                self.stopping.wait(min(failures, 5))
+        def changed(etype: str, obj: dict[str, Any]) -> None:
+            self.events.put(("event", kind, etype, obj, time.time()))
+
+        api = Api(self.kubeconfig, kind, program="pytest-dataplane-lab-ebpfctl")
+        list_and_watch(
+            api,
+            path,
+            stopping=self.stopping,
+            on_list=listed,
+            on_event=changed,
+            what=kind,
+            log=log,
+            list_timeout=(5.0, 120.0),
+        )
 
     def _apply(self, message: tuple[Any, ...]) -> None:
         if message[0] == "list":
@@ -589,13 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="Cache of the compiled BPF object")
     parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
-        stream=sys.stderr,
-    )
     # SIGTERM when the lab's owner dies: the controller then detaches and unmounts.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    start_process(args.log_level)
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     controller = Controller(
@@ -604,8 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir,
         None if args.cache_dir is None else Path(args.cache_dir),
     )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: controller.stop())
+    stop_on_signals(controller.stop)
     try:
         return controller.run()
     except DataplaneError as exc:

@@ -446,7 +446,7 @@ def proxy_args(
 
 
 def agent_argv(python: str, kubeconfig: Path, node_config: Path) -> list[str]:
-    """The node agent's command line (see kube/agent.py)."""
+    """The node agent's command line (see kube/agent/)."""
     return [
         python,
         "-m",
