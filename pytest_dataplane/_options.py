@@ -42,6 +42,20 @@ def _parse_bool(flag: str) -> Callable[[object], bool]:
     return parse
 
 
+def _parse_min_sync_period(value: float | str) -> float:
+    # kube-proxy refuses a minimum sync period longer than its sync period.
+    from .providers.lab.kube.plan import MAX_MIN_SYNC_PERIOD
+
+    flag = "--dataplane-min-sync-period"
+    seconds = parse_duration(value, name=flag)
+    if seconds > MAX_MIN_SYNC_PERIOD:
+        raise ValueError(
+            f"{flag}: {value!r} is longer than kube-proxy's sync period; accepted: durations "
+            f"from 0s to {MAX_MIN_SYNC_PERIOD:g}s"
+        )
+    return seconds
+
+
 @dataclass(frozen=True)
 class _Option:
     flag: str | None  # None: ini only (the flag belongs to another plugin)
@@ -93,22 +107,10 @@ _OPTIONS: tuple[_Option, ...] = (
         "dataplane_min_sync_period",
         "dataplane_min_sync_period",
         "Shortest interval between syncs of the lab's kube-proxy dataplanes, kube-proxy's "
-        "--min-sync-period (default: 1s; ebpf applies changes at once)",
+        "--min-sync-period, 0s to 30s (default: 1s; ebpf applies changes at once)",
         "1s",
-        lambda value: parse_duration(value, name="--dataplane-min-sync-period"),
+        _parse_min_sync_period,
         metavar="DURATION",
-    ),
-    _Option(
-        "--dataplane-lab-engine",
-        "dataplane_lab_engine",
-        "dataplane_lab_engine",
-        "What runs the lab's cluster: kube (real etcd, kube-apiserver, controllers and "
-        "kube-proxy from the build of kube/, the eBPF controller for ebpf) or imitation (the "
-        "in-process controllers and proxiers; default while background services on the real "
-        "API server are slow: 57-110 Services per second on 2 cores)",
-        "imitation",
-        _parse_choice(("kube", "imitation"), "--dataplane-lab-engine"),
-        metavar="ENGINE",
     ),
     _Option(
         "--dataplane-kube-bin",

@@ -189,7 +189,6 @@ PROVIDERS: Final = ProviderRegistry(
             options=(
                 "dataplane_iptables_backend",
                 "dataplane_min_sync_period",
-                "dataplane_lab_engine",
             ),
             without_plan="python -m pytest_dataplane doctor shows what it can run here",
         ),

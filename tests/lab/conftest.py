@@ -33,7 +33,7 @@ def lab_cluster(
             pytest.skip("the lab needs root to create network namespaces")
         key = (dataplane, backend)
         if key not in _lab_cache:
-            provider = LabProvider(iptables_backend=backend, engine="kube")
+            provider = LabProvider(iptables_backend=backend)
             reason = provider.availability(dataplane)
             if reason is not None:
                 pytest.skip(f"{dataplane} unavailable here: {reason}")

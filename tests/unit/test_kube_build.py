@@ -413,10 +413,27 @@ def test_doctor_json_has_a_kube_section(
     isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(doctor, "checks", lambda dataplane: (doctor.Check(dataplane, "x", True),))
-    assert doctor.main(json_output=True) == 0
+    # Every lab cluster runs the Kubernetes binaries: without them nothing runs.
+    assert doctor.main(json_output=True) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["kube"][0]["what"] == "Kubernetes binaries"
     assert report["kube"][0]["ok"] is False
+
+
+def test_doctor_passes_with_the_binaries_and_without_kubectl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        _fake(tmp_path / name, "etcd Version: 3.7.0" if name == "etcd" else "Kubernetes v1.37.1")
+    _fake(tmp_path / "kube-proxy", "Kubernetes v1.37.1")
+    checks = {"iptables": True, "nftables": False, "ipvs": False, "ebpf": False}
+    monkeypatch.setattr(
+        doctor, "checks", lambda dataplane: (doctor.Check(dataplane, "x", checks[dataplane]),)
+    )
+    assert doctor.main(kube_bin=str(tmp_path)) == 0
+    assert "kube      found" in capsys.readouterr().out.splitlines()
+    checks["iptables"] = False
+    assert doctor.main(kube_bin=str(tmp_path)) == 1
 
 
 def test_doctor_text_says_what_is_missing_and_the_fix(

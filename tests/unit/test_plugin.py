@@ -57,6 +57,26 @@ def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--dataplane-min-sync-period: cannot parse 'soon'*"])
 
 
+def test_min_sync_period_beyond_kube_proxys_sync_period_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    result = pytester.runpytest("--dataplane-min-sync-period=31s")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*--dataplane-min-sync-period: '31s' is longer than kube-proxy's sync period; "
+            "accepted: durations from 0s to 30s*"
+        ]
+    )
+
+
+def test_the_removed_lab_engine_option_is_unknown(pytester: pytest.Pytester) -> None:
+    # The lab runs real Kubernetes only: the former engine switch is gone.
+    result = pytester.runpytest("--dataplane-lab-engine=kube")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --dataplane-lab-engine=kube*"])
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the lab's availability probes need root")
 def test_parametrized_once_per_selected_dataplane(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(TEST_FILE)

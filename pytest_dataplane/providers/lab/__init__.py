@@ -1,8 +1,10 @@
-"""The lab provider: real kernel dataplanes in network namespaces on this machine.
+"""The lab provider: real Kubernetes in network namespaces on this machine.
 
-No Docker and no Kubernetes: each node and pod is a network namespace, each pod a backend
-process, and a proxier programs the dataplane the way kube-proxy (iptables, nftables) or
-Cilium's socket load balancer (ebpf) does. Needs root.
+No Docker and no images: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+kube-proxy (built from ``kube/``) run as processes in network namespaces the session creates;
+a node agent starts each pod as a backend process in a namespace of its own, and ``ebpf`` is
+the lab's cgroup/connect4 load balancer driven by a controller that watches the API server.
+Needs root.
 """
 
 from __future__ import annotations

@@ -144,7 +144,9 @@ def _ebpf() -> list[Check]:
     try:
         from .ebpf import ebpf_unavailable_reason
     except ImportError as exc:
-        return [Check("ebpf", "eBPF proxier importable", False, str(exc), "reinstall the package")]
+        return [
+            Check("ebpf", "eBPF load balancer importable", False, str(exc), "reinstall the package")
+        ]
     reason = ebpf_unavailable_reason()
     return [
         Check(
@@ -169,13 +171,14 @@ def _ipvs() -> list[Check]:
         )
     ]
     if present:
-        # The lab programs iptables, nftables and eBPF; kube-proxy's ipvs mode runs on kind.
+        # The lab runs kube-proxy in iptables and nftables modes and its eBPF controller;
+        # kube-proxy's ipvs mode runs on kind.
         checks.append(
             Check(
                 "ipvs",
-                "an ipvs proxier in the lab",
+                "kube-proxy's ipvs mode in the lab",
                 False,
-                "the lab provider has no ipvs proxier",
+                "the lab provider runs no ipvs kube-proxy",
                 "run ipvs on kind: --dataplane-provider=kind --dataplane=ipvs",
             )
         )
@@ -262,10 +265,10 @@ def checks(dataplane: str, iptables_backend: str = "auto") -> tuple[Check, ...]:
     if dataplane == "iptables":
         backend = iptables_backend
         if backend == "auto":
-            from .iptables import detect_backend
+            from .kube.lab import detect_iptables_backend
 
             try:
-                backend = detect_backend()
+                backend = detect_iptables_backend()
             except DataplaneError as exc:
                 return (*found, Check("iptables", "iptables --version", False, str(exc), _APT))
         found += _iptables(backend)
@@ -290,8 +293,8 @@ def unavailable_reason(dataplane: str, iptables_backend: str = "auto") -> str | 
 def main(*, json_output: bool = False, kube_bin: str | None = None) -> int:
     """``python -m pytest_dataplane doctor``: print findings; exit 0 if any dataplane runs.
 
-    The Kubernetes binaries are reported too (under ``kube``) but do not decide the exit
-    status: the lab's own dataplanes run without them.
+    A dataplane runs when its own checks pass and the Kubernetes binaries (under ``kube``) are
+    found and answer: every lab cluster runs them. kubectl is reported but optional.
     """
     results = {dp: checks(dp) for dp in DATAPLANES}
     kube = kube_checks(kube_bin)
@@ -319,4 +322,5 @@ def main(*, json_output: bool = False, kube_bin: str | None = None) -> int:
                 print(f"    {mark} {check.what}: {check.detail}")
                 if not check.ok and check.fix:
                     print(f"        fix: {check.fix}")
-    return 0 if any(all(c.ok for c in found) for found in results.values()) else 1
+    kube_ok = all(c.ok for c in kube if c.what != "kubectl")
+    return 0 if kube_ok and any(all(c.ok for c in found) for found in results.values()) else 1

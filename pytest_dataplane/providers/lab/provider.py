@@ -10,7 +10,6 @@ and a cgroup, its CPU and eBPF records read directly) comes from :mod:`.kube.acc
 from __future__ import annotations
 
 import atexit
-import hashlib
 import platform
 import signal
 import threading
@@ -20,15 +19,15 @@ from typing import Any
 from ...errors import DataplaneError, DataplaneUnavailable
 from . import doctor
 from ._session import Session
+from .kube import plan
 
 __all__ = ["LabProvider"]
 
 _TAGS = {"iptables": "ipt", "nftables": "nft", "ebpf": "bpf", "ipvs": "ipvs"}
 DEFAULT_MIN_SYNC_PERIOD = 1.0  # kube-proxy's --min-sync-period default
-ENGINES = ("kube", "imitation")
 # The image the lab's node agent runs as its backend (version v1), which honours SERVICE_TIME.
 BACKEND_IMAGE = "backend:v1"
-IPVS_REFUSAL = "the lab has no ipvs proxier for this kernel; use --dataplane-provider=kind"
+IPVS_REFUSAL = "the lab runs no ipvs kube-proxy; use --dataplane-provider=kind"
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -43,12 +42,13 @@ def _tool_version(argv: list[str]) -> str:
 class LabProvider:
     """Creates lab clusters; one session (prefix, state directory, cgroup) per provider.
 
-    ``engine="kube"`` runs real Kubernetes per dataplane (:class:`~.kube.lab.KubeLab` behind a
-    :class:`~pytest_dataplane.providers.k8s.cluster.KubeCluster`); ``engine="imitation"`` (still
-    the default) is the former in-process imitation (Python controllers and proxiers). The
-    default stays until background services are fast enough on the real API server: creating
-    5,000 selectorless Services there runs at 57-110 per second on 2 cores (the ClusterIP
-    allocator's IPAddress objects), and the examples create about 29,000.
+    Each dataplane runs on real Kubernetes (:class:`~.kube.lab.KubeLab`: etcd, kube-apiserver,
+    kube-controller-manager, kube-scheduler and kube-proxy from the build of ``kube/``, or the
+    lab's eBPF controller for ``ebpf``) behind a
+    :class:`~pytest_dataplane.providers.k8s.cluster.KubeCluster`. ``iptables_backend`` (auto,
+    legacy, nft) chooses the iptables binaries kube-proxy finds on its PATH;
+    ``min_sync_period`` (seconds) is kube-proxy's own flag; ``kube_bin`` a directory of official
+    binaries to run instead of the build.
     """
 
     name = "lab"
@@ -59,21 +59,12 @@ class LabProvider:
         iptables_backend: str = "auto",
         min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD,
         kube_bin: str | None = None,
-        engine: str = "imitation",
     ) -> None:
-        if iptables_backend not in ("auto", "legacy", "nft"):
-            raise ValueError(
-                f"iptables_backend: {iptables_backend!r} is not accepted; accepted: auto, "
-                "legacy, nft"
-            )
-        if min_sync_period < 0:
-            raise ValueError(f"min_sync_period: {min_sync_period!r} must be >= 0 seconds")
-        if engine not in ENGINES:
-            raise ValueError(f"engine: {engine!r} is not accepted; accepted: {', '.join(ENGINES)}")
-        self.iptables_backend = iptables_backend
-        self.min_sync_period = min_sync_period
+        # The same checks (and messages) as KubeLab's, but before any cluster boots.
+        self.iptables_backend = plan.check_iptables_backend(iptables_backend)
+        checked = plan.check_min_sync_period(min_sync_period)
+        self.min_sync_period = DEFAULT_MIN_SYNC_PERIOD if checked is None else checked
         self.kube_bin = kube_bin
-        self.engine = engine
         self._session: Session | None = None
         self._clusters: list[Any] = []
         self._lock = threading.Lock()
@@ -85,12 +76,11 @@ class LabProvider:
             iptables_backend=option("dataplane_iptables_backend"),
             min_sync_period=option("dataplane_min_sync_period"),
             kube_bin=option("dataplane_kube_bin"),
-            engine=option("dataplane_lab_engine"),
         )
 
     def availability(self, dataplane: str) -> str | None:
         reason = doctor.unavailable_reason(dataplane, self.iptables_backend)
-        if reason is not None or self.engine != "kube":
+        if reason is not None:
             return reason
         if dataplane == "ipvs":
             return IPVS_REFUSAL
@@ -112,72 +102,6 @@ class LabProvider:
         reason = self.availability(dataplane)
         if reason is not None:
             raise DataplaneUnavailable(f"{dataplane} cannot run in the lab here: {reason}")
-        if self.engine == "kube":
-            return self._create_kube(dataplane)
-        from .cluster import LabCluster
-
-        session = self._ensure_session()
-        tag = _TAGS[dataplane]
-        prefix = f"{session.prefix}-{tag}"
-        block = int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 64
-        facts = {
-            "kernel": platform.release(),
-            "iptables": _tool_version(["iptables", "--version"]),
-            "nft": _tool_version(["nft", "--version"]),
-            "min_sync_period": 0.0 if dataplane == "ebpf" else self.min_sync_period,
-        }
-        make_proxier: Callable[[Any], Any]
-        if dataplane == "iptables":
-            from .iptables import IptablesProxier, detect_backend
-
-            backend = detect_backend() if self.iptables_backend == "auto" else self.iptables_backend
-            facts["iptables_backend"] = backend
-
-            def make_proxier(cluster: Any) -> Any:
-                return IptablesProxier(
-                    node_netns=cluster.topology.node,
-                    pod_cidr=cluster.plan.pod_cidr,
-                    backend=backend,
-                )
-        elif dataplane == "nftables":
-            from .nftables import NftablesProxier
-
-            def make_proxier(cluster: Any) -> Any:
-                return NftablesProxier(
-                    node_netns=cluster.topology.node, pod_cidr=cluster.plan.pod_cidr
-                )
-        elif dataplane == "ebpf":
-            from .ebpf import EbpfProxier
-
-            facts["bpftool"] = _tool_version(["bpftool", "version"])
-            facts["clang"] = _tool_version(["clang", "--version"])
-
-            def make_proxier(cluster: Any) -> Any:
-                if cluster.client_cgroup is None:
-                    raise DataplaneError("the ebpf dataplane needs a cgroup v2 for the client")
-                return EbpfProxier(
-                    cgroup=cluster.client_cgroup,
-                    state_dir=cluster.state_dir / "bpf",
-                    node_netns=cluster.topology.node,
-                )
-        else:
-            raise DataplaneUnavailable(IPVS_REFUSAL)
-        cgroup_root = session.cgroup if dataplane == "ebpf" else None
-        cluster = LabCluster(
-            dataplane,
-            prefix=prefix,
-            block=block,
-            state_dir=session.state_dir / tag,
-            make_proxier=make_proxier,
-            min_sync_period=0.0 if dataplane == "ebpf" else self.min_sync_period,
-            cgroup_root=cgroup_root,
-            facts=facts,
-        )
-        with self._lock:
-            self._clusters.append(cluster)
-        return cluster
-
-    def _create_kube(self, dataplane: str) -> Any:
         from ..k8s import resources
         from ..k8s.api import KubernetesApi
         from ..k8s.cluster import KubeCluster
