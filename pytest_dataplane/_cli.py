@@ -107,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Run official binaries from this directory instead of the build of kube/",
     )
+    lab_up.add_argument(
+        "--min-sync-period",
+        default=None,
+        metavar="DURATION",
+        help="kube-proxy's minimum sync period, 0s to 30s, e.g. 250ms (default: its own, 1s)",
+    )
+    lab_up.add_argument(
+        "--iptables-backend",
+        default="auto",
+        metavar="BACKEND",
+        help="iptables binaries kube-proxy runs: auto (what iptables --version reports), "
+        "legacy or nft (default: auto)",
+    )
     lab_down = lab_commands.add_parser("down", help="Stop a running lab and remove all of it")
     lab_down.add_argument(
         "name", nargs="?", default=None, help="The lab to remove (needed when several run)"
@@ -196,6 +209,8 @@ def _lab(args: argparse.Namespace) -> int:
                 nodes=args.nodes,
                 name=args.name,
                 kube_bin_dir=args.kube_bin,
+                min_sync_period=args.min_sync_period,
+                iptables_backend=args.iptables_backend,
             )
         if args.lab_command == "down":
             return updown.down(name=args.name)

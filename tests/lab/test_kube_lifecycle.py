@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,76 @@ def test_bad_arguments_are_named() -> None:
     )
     assert done.returncode == 1
     assert "no lab named 'no-such-lab'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--min-sync-period", "45s"],
+            "--min-sync-period: '45s' is not accepted; accepted: durations from 0s to 30s",
+        ),
+        (["--min-sync-period=-1s"], "--min-sync-period: '-1s' is not accepted; accepted:"),
+        (["--min-sync-period", "soon"], "--min-sync-period: 'soon' is not accepted; accepted:"),
+        (
+            ["--iptables-backend", "xtables"],
+            "--iptables-backend: 'xtables' is not accepted; accepted: auto, legacy, nft",
+        ),
+        (
+            ["--dataplane", "ebpf", "--min-sync-period", "1s"],
+            "--min-sync-period: --dataplane ebpf runs no kube-proxy",
+        ),
+        (
+            ["--dataplane", "ebpf", "--iptables-backend", "nft"],
+            "--iptables-backend nft: --dataplane ebpf runs no kube-proxy",
+        ),
+    ],
+)
+def test_bad_kube_proxy_settings_are_named(args: list[str], message: str) -> None:
+    done = subprocess.run([*CLI, "lab", "up", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_lab_up_passes_min_sync_period_and_iptables_backend_to_kube_proxy() -> None:
+    binaries_or_skip()
+    from pytest_dataplane.providers.lab.kube.lab import detect_iptables_backend
+
+    backend = {"nft": "legacy", "legacy": "nft"}[detect_iptables_backend()]
+    restore = shutil.which(f"iptables-{backend}-restore")
+    if restore is None:
+        pytest.skip(f"iptables-{backend}-restore not installed: only one backend to choose")
+    before = root_state()
+    name = f"s{os.getpid()}"
+    settings = ["--min-sync-period", "250ms", "--iptables-backend", backend]
+    up = subprocess.run(
+        [*CLI, "lab", "up", "--name", name, *settings],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    prefix = None
+    try:
+        assert up.returncode == 0, up.stderr
+        state = lab_state(name)
+        prefix = str(state["prefix"])
+        assert (state["min_sync_period"], state["iptables_backend"]) == (0.25, backend)
+        pid = int(str(state["processes"]["kube-proxy-node-0"]))  # type: ignore[index]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert "--iptables-min-sync-period=250ms" in argv
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        path = next(v for v in environ if v.startswith(b"PATH=")).decode()[5:]
+        linked = Path(path.split(":")[0]) / "iptables-restore"
+        assert linked.resolve() == Path(restore).resolve()
+    finally:
+        down = subprocess.run(
+            [*CLI, "lab", "down", name], capture_output=True, text=True, timeout=180, check=False
+        )
+    assert down.returncode == 0, down.stderr
+    assert session_objects(prefix) == set()
+    assert state_diff(before, root_state()) == {}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

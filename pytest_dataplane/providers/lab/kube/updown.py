@@ -108,18 +108,65 @@ def _exports_text(exports: Sequence[tuple[str, str]]) -> str:
 # ---------------------------------------------------------------------- lab up
 
 
+def check_proxy_settings(
+    dataplane: str, min_sync_period: str | float | None, iptables_backend: str
+) -> float | None:
+    """``--min-sync-period`` (a duration; None: kube-proxy's default) in seconds, after checking
+    it and ``--iptables-backend`` against ``dataplane``; a ValueError names a bad value."""
+    if iptables_backend not in plan.IPTABLES_BACKENDS:
+        raise ValueError(
+            f"--iptables-backend: {iptables_backend!r} is not accepted; accepted: "
+            f"{', '.join(plan.IPTABLES_BACKENDS)}"
+        )
+    if dataplane == "ebpf" and iptables_backend != "auto":
+        raise ValueError(
+            f"--iptables-backend {iptables_backend}: --dataplane ebpf runs no kube-proxy; "
+            "accepted with iptables, nftables, ipvs"
+        )
+    if min_sync_period is None:
+        return None
+    from ....config import parse_duration
+
+    accepted = f"durations from 0s to {plan.MAX_MIN_SYNC_PERIOD:g}s (kube-proxy's sync period)"
+    try:
+        seconds = parse_duration(min_sync_period, name="--min-sync-period")
+    except ValueError:
+        raise ValueError(
+            f"--min-sync-period: {min_sync_period!r} is not accepted; accepted: {accepted}, "
+            "e.g. 250ms, 2s"
+        ) from None
+    if seconds > plan.MAX_MIN_SYNC_PERIOD:
+        raise ValueError(
+            f"--min-sync-period: {min_sync_period!r} is not accepted; accepted: {accepted}"
+        )
+    if dataplane == "ebpf":
+        raise ValueError(
+            "--min-sync-period: --dataplane ebpf runs no kube-proxy (its controller applies "
+            "changes at once); accepted with iptables, nftables, ipvs"
+        )
+    return seconds
+
+
 def up(
     *,
     dataplane: str,
     nodes: int,
     name: str | None,
     kube_bin_dir: str | None,
+    min_sync_period: str | float | None = None,
+    iptables_backend: str = "auto",
     stdout: IO[str] = sys.stdout,
     stderr: IO[str] = sys.stderr,
 ) -> int:
-    """Start a supervised lab; print its exports on ``stdout`` once it is ready."""
+    """Start a supervised lab; print its exports on ``stdout`` once it is ready.
+
+    ``min_sync_period`` (a duration such as ``"250ms"``; None: kube-proxy's default, 1 s) is
+    kube-proxy's minimum sync period; ``iptables_backend`` (auto, legacy, nft) the iptables
+    binaries it runs.
+    """
     plan.check_dataplane(dataplane)
     plan.check_nodes(nodes)
+    seconds = check_proxy_settings(dataplane, min_sync_period, iptables_backend)
     if name is not None:
         _check_name(name)
         if any(lab.name == name and lab.alive() for lab in running_labs()):
@@ -138,7 +185,10 @@ def up(
         f"--status-fd={write_fd}",
         f"--dataplane={dataplane}",
         f"--nodes={nodes}",
+        f"--iptables-backend={iptables_backend}",
     ]
+    if seconds is not None:
+        argv.append(f"--min-sync-period={seconds!r}")
     if name is not None:
         argv.append(f"--name={name}")
     if kube_bin_dir is not None:
@@ -203,7 +253,14 @@ def _relay(fd: int, stderr: IO[str], supervisor: subprocess.Popen[bytes]) -> Any
 
 
 def supervise(
-    *, status_fd: int, dataplane: str, nodes: int, name: str | None, kube_bin_dir: str | None
+    *,
+    status_fd: int,
+    dataplane: str,
+    nodes: int,
+    name: str | None,
+    kube_bin_dir: str | None,
+    min_sync_period: float | None = None,
+    iptables_backend: str = "auto",
 ) -> int:
     """Own a lab until SIGTERM/SIGINT: boot it, publish its state file, then wait."""
     from .lab import KubeLab
@@ -242,6 +299,8 @@ def supervise(
         nodes=nodes,
         session=session,
         kube_bin_dir=kube_bin_dir,
+        min_sync_period=min_sync_period,
+        iptables_backend=iptables_backend,
         progress=progress,
     )
     lab_name = name or session.prefix
@@ -262,6 +321,8 @@ def supervise(
             "start": _start_time(os.getpid()),
             "dataplane": dataplane,
             "nodes": nodes,
+            "min_sync_period": lab.min_sync_period,
+            "iptables_backend": lab.iptables_backend,
             "kubeconfig": str(lab.kubeconfig),
             "exports": lab.env(),
             "boot_seconds": lab.timings.get("boot"),
@@ -358,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--name", default=None)
     parser.add_argument("--kube-bin", default=None)
+    parser.add_argument("--min-sync-period", type=float, default=None)
+    parser.add_argument("--iptables-backend", default="auto")
     args = parser.parse_args(argv)
     return supervise(
         status_fd=args.status_fd,
@@ -365,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodes=args.nodes,
         name=args.name,
         kube_bin_dir=args.kube_bin,
+        min_sync_period=args.min_sync_period,
+        iptables_backend=args.iptables_backend,
     )
 
 
