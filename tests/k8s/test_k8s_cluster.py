@@ -247,6 +247,132 @@ def test_background_services(iptables: tuple[KubeCluster, MemoryApi, FakeNodes])
         cluster.add_background_services(1, endpoints=0)
 
 
+def _background(api: MemoryApi) -> tuple[list[str], list[str]]:
+    selector = "pytest-dataplane/role=background"
+    services, _ = api.list_items("v1", "Service", NS, label_selector=selector)
+    slices, _ = api.list_items("discovery.k8s.io/v1", "EndpointSlice", NS, label_selector=selector)
+    return (
+        sorted(s["metadata"]["name"] for s in services),
+        sorted(s["metadata"]["name"] for s in slices),
+    )
+
+
+def _creates(api: MemoryApi, kind: str) -> int:
+    return sum(1 for c in api.calls if c.verb == "create" and c.kind == kind)
+
+
+@pytest.fixture
+def reusing(backends: Backends) -> Iterator[tuple[KubeCluster, MemoryApi, list[float]]]:
+    settled: list[float] = []
+    cluster, api, _ = make_cluster(
+        backends, nodes=FakeNodes(), reuse_background=True, settle=settled.append
+    )
+    yield cluster, api, settled
+    cluster.close()
+
+
+def test_background_services_are_taken_over_by_the_next_test(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, api, _ = reusing
+    cluster.add_background_services(4, endpoints=2)
+    cluster.reset()
+    # Kept for the next test, not deleted.
+    assert _background(api)[0] == [f"dpt-bg-0000{i}" for i in range(4)]
+    assert cluster.events == []
+    cluster.add_background_services(6, endpoints=2)
+    services, slices = _background(api)
+    assert services == [f"dpt-bg-0000{i}" for i in range(6)]
+    assert slices == [f"{name}-1" for name in services]
+    assert _creates(api, "Service") == 6  # 4, then only the 2 missing
+    event = cluster.events[-1]
+    assert (event.detail["count"], event.detail["reused"], event.detail["total"]) == (6, 4, 6)
+    addresses = [
+        e["addresses"][0]
+        for s in api.list_items("discovery.k8s.io/v1", "EndpointSlice", NS)[0]
+        for e in s["endpoints"]
+    ]
+    assert len(addresses) == len(set(addresses)) == 12
+    # Fewer asked for: the surplus is deleted, the dataplane settles, the window restarts.
+    cluster.reset()
+    cluster.add_background_services(3, endpoints=2)
+    assert _background(api) == (
+        [f"dpt-bg-0000{i}" for i in range(3)],
+        [f"dpt-bg-0000{i}-1" for i in range(3)],
+    )
+    assert _creates(api, "Service") == 6
+
+
+def test_other_first_use_deletes_kept_background_services(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, api, settled = reusing
+    cluster.add_background_services(5, endpoints=3)
+    cluster.reset()
+    settles = len(settled)
+    cluster.deploy("backend", replicas=1)
+    assert _background(api) == ([], [])
+    assert len(settled) == settles + 1  # waited for the dataplane before the window
+    assert "background-services" not in [e.name for e in cluster.events]
+    cluster.reset()
+    # Another shape of background services: none taken over.
+    cluster.add_background_services(2, endpoints=3)
+    cluster.reset()
+    cluster.add_background_services(2, endpoints=1)
+    assert cluster.events[-1].detail["reused"] == 0
+    services, _ = _background(api)
+    assert len(services) == 2
+    slices, _ = api.list_items(
+        "discovery.k8s.io/v1", "EndpointSlice", NS, label_selector="pytest-dataplane/role"
+    )
+    assert [len(s["endpoints"]) for s in slices] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "first_use",
+    [
+        lambda c: c.rule_count(),
+        lambda c: c.cpu_seconds(),
+        lambda c: c.programming_latencies(),
+        lambda c: c.apply(
+            [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}}]
+        ),
+    ],
+    ids=["rule_count", "cpu_seconds", "programming_latencies", "apply"],
+)
+def test_every_measurement_sees_no_kept_background_services(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]], first_use: Any
+) -> None:
+    cluster, api, _ = reusing
+    cluster.add_background_services(3, endpoints=1)
+    cluster.reset()
+    first_use(cluster)
+    assert _background(api) == ([], [])
+
+
+def test_background_services_of_mixed_shapes_are_not_kept(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, api, _ = reusing
+    cluster.add_background_services(2, endpoints=3)
+    cluster.add_background_services(2, endpoints=1)
+    cluster.reset()
+    cluster.add_background_services(4, endpoints=1)
+    assert cluster.events[-1].detail["reused"] == 0
+    assert len(_background(api)[0]) == 4
+
+
+def test_without_reuse_reset_deletes_background_services(
+    iptables: tuple[KubeCluster, MemoryApi, FakeNodes],
+) -> None:
+    cluster, api, _ = iptables
+    cluster.add_background_services(3, endpoints=1)
+    cluster.reset()
+    assert _background(api) == ([], [])
+    cluster.add_background_services(3, endpoints=1)
+    assert cluster.events[-1].detail["reused"] == 0
+
+
 def test_background_refused_on_shared_clusters(backends: Backends) -> None:
     cluster, api, _ = make_cluster(
         backends, background_refusal="refused: pass --dataplane-allow-background"

@@ -441,6 +441,7 @@ class KubeCluster:
         with self._lock:
             self._parked = 0
             self._background = adopted
+            self._background_endpoints = endpoints
         return adopted
 
     def _drop_parked(self) -> None:
