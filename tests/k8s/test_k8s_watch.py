@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pytest_dataplane.events import Event
@@ -189,3 +190,38 @@ def test_slice_watcher_seeds_silently_then_reports_watch_events() -> None:
     # background slices are left out by the server, not fetched and dropped
     assert api.calls[0].body == "pytest-dataplane/role!=background"
     assert watcher.errors == []
+
+
+class _QuietWatchApi(MemoryApi):
+    """A server whose watch stays silent until its timeout, unless the watch is stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+        self.ended: list[str] = []
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        timeout: float,
+        label_selector: str | None = None,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        ended_by_stop = self.stopped.wait(timeout)
+        self.ended.append("stopped" if ended_by_stop else "timeout")
+        return iter(())
+
+    def stop_watches(self) -> None:
+        self.stopped.set()
+
+
+def test_slice_watcher_stop_ends_a_quiet_watch_at_once() -> None:
+    api = _QuietWatchApi()
+    watcher = SliceWatcher(api, "dpt-1", EndpointTracker(), lambda events: None, watch_timeout=600)
+    watcher.start()
+    watcher.stop()
+    assert api.ended == ["stopped"]
+    assert watcher._thread is not None and not watcher._thread.is_alive()

@@ -114,6 +114,10 @@ class KubeApi(Protocol):
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Watch events ``(type, object)`` from ``resource_version`` for up to ``timeout``."""
 
+    def stop_watches(self) -> None:
+        """End every watch of this client now: their iterators return without waiting for
+        the server's timeout (a cluster's close must not wait out a quiet watch)."""
+
     def exec(
         self, namespace: str, pod: str, container: str | None, argv: list[str], *, timeout: float
     ) -> ExecResult:
@@ -194,6 +198,7 @@ class KubernetesApi:
         self._exec_client: Any = None
         self._exec_core: Any = None
         self._exec_lock = threading.Lock()
+        self._watchers: set[Any] = set()
         self.host = str(configuration.host)
 
     def _resource(self, api_version: str, kind: str) -> Any:
@@ -335,18 +340,39 @@ class KubernetesApi:
         timeout: float,
         label_selector: str | None = None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        from kubernetes import watch as k8s_watch
+
         resource = self._watch_resource(api_version, kind)
-        for event in resource.watch(
-            namespace=namespace,
-            label_selector=label_selector,
-            resource_version=resource_version or None,
-            timeout=max(1, int(timeout)),
-        ):
-            raw = event.get("raw_object")
-            obj = (
-                raw if isinstance(raw, dict) else _to_dict(self._watch_client, event.get("object"))
-            )
-            yield str(event.get("type")), obj
+        watch_type: Any = k8s_watch.Watch
+        watcher = watch_type()
+        with self._lock:
+            self._watchers.add(watcher)
+        try:
+            for event in resource.watch(
+                namespace=namespace,
+                label_selector=label_selector,
+                resource_version=resource_version or None,
+                timeout=max(1, int(timeout)),
+                watcher=watcher,
+            ):
+                raw = event.get("raw_object")
+                obj = (
+                    raw
+                    if isinstance(raw, dict)
+                    else _to_dict(self._watch_client, event.get("object"))
+                )
+                yield str(event.get("type")), obj
+        finally:
+            with self._lock:
+                self._watchers.discard(watcher)
+
+    def stop_watches(self) -> None:
+        # The client's Watch.stop() shuts the stream's socket down, which ends a read blocked
+        # on a quiet watch at once.
+        with self._lock:
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.stop()
 
     def exec(
         self, namespace: str, pod: str, container: str | None, argv: list[str], *, timeout: float

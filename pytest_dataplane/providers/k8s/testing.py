@@ -104,6 +104,7 @@ class MemoryApi:
     closed: bool = False
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _watches_stopped: threading.Event = field(default_factory=threading.Event)
 
     @staticmethod
     def _key(
@@ -292,7 +293,10 @@ class MemoryApi:
                 elif event_type in ("ADDED", "MODIFIED"):
                     self.objects[key] = copy.deepcopy(obj)
             yield event_type, obj
-        threading.Event().wait(min(timeout, 0.05))
+        self._watches_stopped.wait(min(timeout, 0.05))
+
+    def stop_watches(self) -> None:
+        self._watches_stopped.set()
 
     def exec(
         self, namespace: str, pod: str, container: str | None, argv: list[str], *, timeout: float

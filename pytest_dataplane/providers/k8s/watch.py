@@ -210,8 +210,9 @@ class SliceWatcher:
         self._seeded.wait(timeout)
 
     def stop(self) -> None:
-        """Stop watching (the thread ends within one watch timeout)."""
+        """Stop watching: the watch in progress is ended at once, not at its timeout."""
         self._stop.set()
+        self.api.stop_watches()
         if self._thread is not None:
             self._thread.join(self.watch_timeout + 5.0)
 
