@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 #: Where ``ip netns add NAME`` leaves the bind mount that names a network namespace.
@@ -58,10 +60,18 @@ def read_mounts(path: str = MOUNTS) -> list[Mount]:
     return parse_mounts(text)
 
 
+def cgroup2_mounts(table: Iterable[Mount] | None = None) -> list[Path]:
+    """Where the cgroup v2 hierarchy is mounted, in table order: of ``table``, else of this
+    process's mount namespace.
+
+    Hybrid hosts mount it at ``/sys/fs/cgroup/unified``, unified ones at ``/sys/fs/cgroup``;
+    nothing here assumes either.
+    """
+    mounts = read_mounts() if table is None else table
+    return [Path(mount.target) for mount in mounts if mount.fstype == "cgroup2"]
+
+
 def cgroup2_mount(path: str = MOUNTS) -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or
-    ``/sys/fs/cgroup/unified`` on hybrid hosts): the first cgroup2 mount, or None."""
-    for mount in read_mounts(path):
-        if mount.fstype == "cgroup2":
-            return mount.target
-    return None
+    """The first cgroup v2 mount point of the mount table at ``path``, or None."""
+    found = cgroup2_mounts(read_mounts(path))
+    return str(found[0]) if found else None

@@ -699,14 +699,3 @@ def test_plan_rejects_two_services_on_one_vip_port() -> None:
 def test_invalid_specs_are_named(spec: ServiceSpec, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         lb_plan.plan_sync({}, {}, {"s": spec}, None, 1)
-
-
-def test_cgroup2_mounts_are_found_wherever_they_are() -> None:
-    mounts = (
-        "sysfs /sys sysfs rw 0 0\n"
-        "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
-        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
-        "none /mnt/with\\040space cgroup2 rw 0 0\n"
-    )
-    assert cgroup2_mounts(mounts) == [Path("/sys/fs/cgroup/unified"), Path("/mnt/with space")]
-    assert cgroup2_mounts("proc /proc proc rw 0 0\n") == []

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_dataplane._host import Mount, cgroup2_mount, parse_mounts, read_mounts, unescape
+from pytest_dataplane._host import (
+    Mount,
+    cgroup2_mount,
+    cgroup2_mounts,
+    parse_mounts,
+    read_mounts,
+    unescape,
+)
 
 
 def test_unescape_decodes_the_four_characters_the_kernel_escapes() -> None:
@@ -53,3 +60,17 @@ def test_cgroup2_mount_is_read_from_the_mount_table(tmp_path: Path) -> None:
     assert cgroup2_mount(str(table)) == "/run/a b"
     table.write_text("proc /proc proc rw 0 0\n")
     assert cgroup2_mount(str(table)) is None
+
+
+def test_cgroup2_mounts_are_found_wherever_they_are() -> None:
+    mounts = (
+        "sysfs /sys sysfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+        "none /mnt/with\\040space cgroup2 rw 0 0\n"
+    )
+    assert cgroup2_mounts(parse_mounts(mounts)) == [
+        Path("/sys/fs/cgroup/unified"),
+        Path("/mnt/with space"),
+    ]
+    assert cgroup2_mounts(parse_mounts("proc /proc proc rw 0 0\n")) == []

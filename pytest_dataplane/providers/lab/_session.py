@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._host import read_mounts
+from ..._host import cgroup2_mounts
 
 STATE_ROOT = Path("/run/pytest-dataplane")
 PREFIX_RE = re.compile(r"^dpl[0-9a-f]{6}$")
@@ -24,12 +24,10 @@ CGROUP_DIR = "pytest-dataplane."
 
 
 def cgroup2_mount() -> Path | None:
-    """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or ``/sys/fs/cgroup/unified`` on hybrid
-    hosts), read from /proc/mounts."""
-    for mount in read_mounts():
-        if mount.fstype == "cgroup2":
-            return Path(mount.target)
-    return None
+    """The first cgroup v2 mount of this process, or None (``_host.cgroup2_mounts`` has
+    them all)."""
+    found = cgroup2_mounts()
+    return found[0] if found else None
 
 
 def _start_time(pid: int) -> str | None:

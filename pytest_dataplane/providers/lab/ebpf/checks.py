@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from ...._host import parse_mounts, read_mounts
+from ...._host import cgroup2_mounts, read_mounts
 from ....errors import DataplaneError, DataplaneUnavailable
 from .. import _proc
 
@@ -35,16 +35,6 @@ INSTALL_BPFTOOL: Final = (
 )
 #: Where the libbpf headers (``bpf/bpf_helpers.h``) are looked for.
 INCLUDE_ROOTS: Final = (Path("/usr/include"), Path("/usr/local/include"))
-
-
-def cgroup2_mounts(mounts: str | None = None) -> list[Path]:
-    """Mount points of the cgroup v2 hierarchy, from ``/proc/mounts`` (or ``mounts`` text).
-
-    Hybrid hosts mount it at ``/sys/fs/cgroup/unified``, unified ones at ``/sys/fs/cgroup``;
-    nothing here assumes either.
-    """
-    table = read_mounts() if mounts is None else parse_mounts(mounts)
-    return [Path(mount.target) for mount in table if mount.fstype == "cgroup2"]
 
 
 def bpf_mounts_under(directory: Path) -> list[Path]:
