@@ -212,6 +212,9 @@ class _QuietWatchApi(MemoryApi):
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         ended_by_stop = self.stopped.wait(timeout)
         self.ended.append("stopped" if ended_by_stop else "timeout")
+        if ended_by_stop:
+            # What the real client does when its stream's socket is shut under the read.
+            raise ConnectionError("Response ended prematurely")
         return iter(())
 
     def stop_watches(self) -> None:
@@ -224,4 +227,5 @@ def test_slice_watcher_stop_ends_a_quiet_watch_at_once() -> None:
     watcher.start()
     watcher.stop()
     assert api.ended == ["stopped"]
+    assert watcher.errors == []  # an ending we asked for is no failure
     assert watcher._thread is not None and not watcher._thread.is_alive()

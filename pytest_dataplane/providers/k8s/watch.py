@@ -247,6 +247,8 @@ class SliceWatcher:
                     if events:
                         self.on_events(events)
             except Exception as exc:  # keep watching through API hiccups, but say so
+                if self._stop.is_set():
+                    return  # stop() ended the stream under the read
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.warning("EndpointSlice watch in %s failed: %s", self.namespace, exc)
                 self._stop.wait(1.0)
