@@ -31,7 +31,7 @@ def test_story(dataplane):
     marks.mkdir(exist_ok=True)
     (marks / dataplane.name).write_text(dataplane.handle.prefix)
     mode = os.environ["LAB_MODE"]
-    if mode == "fail":
+    if mode == "fail" and dataplane.name == "ebpf":
         raise AssertionError("this test fails on purpose")
     if mode == "hang" and dataplane.name == "ebpf":
         time.sleep(600)
@@ -156,11 +156,11 @@ def inner(tmp_path: Path):
     return start
 
 
-@pytest.mark.parametrize(("mode", "outcome"), [("pass", "2 passed"), ("fail", "1 failed")])
-def test_a_finished_run_leaves_nothing(inner, mode: str, outcome: str) -> None:
-    process = inner(mode)
+def test_a_finished_run_leaves_nothing(inner) -> None:
+    # One run, two endings: iptables' test passes, ebpf's fails (each cluster boots in ~15 s).
+    process = inner("fail")
     output, _ = process.communicate(timeout=900)
-    assert outcome in output, output
+    assert "1 failed, 1 passed" in output, output
     inner.assert_clean()
 
 
