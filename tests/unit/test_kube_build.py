@@ -447,6 +447,35 @@ def test_doctor_text_says_what_is_missing_and_the_fix(
     assert out[start + 2] == "        fix: python -m pytest_dataplane kube build"
 
 
+def test_lab_availability_checks_the_binaries_once_kubectl_optional(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_dataplane.providers.lab.provider import IPVS_REFUSAL, LabProvider
+
+    # The kernel side is doctor's (tested for real in the lab tests); here only the binaries.
+    monkeypatch.setattr(doctor, "unavailable_reason", lambda dataplane, backend: None)
+    calls: list[str | None] = []
+    checks = doctor.kube_checks
+
+    def counted(kube_bin_dir: str | None = None) -> tuple[doctor.Check, ...]:
+        calls.append(kube_bin_dir)
+        return checks(kube_bin_dir)
+
+    monkeypatch.setattr(doctor, "kube_checks", counted)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for directory, proxy in ((good, "Kubernetes v1.37.1"), (bad, "broken")):
+        directory.mkdir()
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+            _fake(directory / name, "etcd Version: 3.7.0" if name == "etcd" else proxy)
+        _fake(directory / "kube-proxy", proxy)
+    provider = LabProvider(kube_bin=str(good))  # no kubectl there: the lab runs without it
+    assert [provider.availability(d) for d in ("iptables", "nftables", "ebpf")] == [None] * 3
+    assert provider.availability("ipvs") == IPVS_REFUSAL
+    assert calls == [str(good)]
+    reason = LabProvider(kube_bin=str(bad)).availability("iptables")
+    assert reason is not None and "kube-apiserver" in reason and "gave no version" in reason
+
+
 def test_setup_builds_kube_and_ci_runs_setup() -> None:
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert ".venv/bin/python -m pytest_dataplane kube build" in setup

@@ -67,6 +67,7 @@ class LabProvider:
         self.kube_bin = kube_bin
         self._session: Session | None = None
         self._clusters: list[Any] = []
+        self._kube_reason: tuple[str, ...] | None = None  # () once the binaries are found
         self._lock = threading.Lock()
 
     @classmethod
@@ -84,11 +85,17 @@ class LabProvider:
             return reason
         if dataplane == "ipvs":
             return IPVS_REFUSAL
-        missing = [c for c in doctor.kube_checks(self.kube_bin) if not c.ok]
-        if missing:
-            fix = f" (fix: {missing[0].fix})" if missing[0].fix else ""
-            return f"{missing[0].what}: {missing[0].detail}{fix}"
-        return None
+        with self._lock:
+            if self._kube_reason is None:
+                # Once per provider: each check runs every component with --version. kubectl
+                # is optional (the lab's clusters run without it).
+                found = doctor.kube_checks(self.kube_bin)
+                missing = [c for c in found if not c.ok and c.what != "kubectl"]
+                fix = f" (fix: {missing[0].fix})" if missing and missing[0].fix else ""
+                self._kube_reason = (
+                    (f"{missing[0].what}: {missing[0].detail}{fix}",) if missing else ()
+                )
+            return self._kube_reason[0] if self._kube_reason else None
 
     def _ensure_session(self) -> Session:
         with self._lock:
