@@ -175,9 +175,9 @@ def assert_dataplane_cpu_below(
     """Assert that applying an endpoint change costs the dataplane less than
     ``seconds_per_change`` of CPU (user + system) at the given ``quantile``.
 
-    The CPU comes from ``cluster.cpu_seconds()``: in the lab, the rusage of every
-    iptables-restore / nft / bpftool run plus the proxier's own work, attributed to the
-    changes each sync carried; on kind, the kube-proxy or cilium-agent container's cgroup.
+    The CPU comes from ``cluster.cpu_seconds()``: in the lab, the cgroup of kube-proxy (with
+    the iptables-restore / nft it runs) or of the eBPF controller; on kind, the kube-proxy or
+    cilium-agent container's cgroup; shared among the endpoint changes.
     Same three outcomes as the latency assertions; ``quantile=100`` checks every change. A
     failure names the heaviest changes.
     """
