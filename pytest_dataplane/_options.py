@@ -16,6 +16,13 @@ import pytest
 from .config import DATAPLANES, parse_dataplanes, parse_duration, parse_kube_bin
 from .providers import DEFAULT_PROVIDER, PROVIDERS
 
+# The providers' defaults, written once where the providers use them (cheap modules: their
+# packages import their providers lazily).
+from .providers.k8s.resources import AGNHOST_IMAGE
+from .providers.kind.config import DEFAULT_CILIUM_CHART, DEFAULT_WORKERS
+from .providers.kind.versions import DEFAULT_CILIUM_VERSION
+from .providers.kubeconfig.agent import AGENT_IMAGE
+
 __all__ = ["add_options", "resolve_option"]
 
 
@@ -173,14 +180,14 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     # -- kind options (anchor: kind provider) --
     # Version strings are validated by the kind provider (the plugin's pytest_cmdline_main
-    # runs that before collection), so this module imports none of it.
+    # runs that before collection), so this module imports only the default.
     _Option(
         "--cilium-version",
         "cilium_version",
         "dataplane_cilium_version",
         "Cilium release installed for ebpf on kind, MAJOR.MINOR.PATCH from 1.14 to 1.18 "
-        "(default: 1.16.12)",
-        "1.16.12",
+        f"(default: {DEFAULT_CILIUM_VERSION})",
+        DEFAULT_CILIUM_VERSION,
         metavar="VERSION",
     ),
     _Option(
@@ -239,8 +246,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "--dataplane-kind-workers",
         "dataplane_kind_workers",
         "dataplane_kind_workers",
-        "Worker nodes of each kind cluster, 0 to 10 (default: 1)",
-        "1",
+        f"Worker nodes of each kind cluster, 0 to 10 (default: {DEFAULT_WORKERS})",
+        str(DEFAULT_WORKERS),
         metavar="N",
     ),
     _Option(
@@ -248,8 +255,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "dataplane_cilium_chart",
         "dataplane_cilium_chart",
         "Cilium Helm chart: a local directory or .tgz for offline runs, or repo/chart "
-        "(default: cilium from Cilium's chart repository)",
-        "cilium",
+        f"(default: {DEFAULT_CILIUM_CHART} from Cilium's chart repository)",
+        DEFAULT_CILIUM_CHART,
         metavar="CHART",
     ),
     _Option(
@@ -257,8 +264,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "dataplane_backend_image",
         "dataplane_backend_image",
         "Image of the test backends on kind and existing clusters, run as agnhost netexec "
-        "(default: registry.k8s.io/e2e-test-images/agnhost:2.53)",
-        "registry.k8s.io/e2e-test-images/agnhost:2.53",
+        f"(default: {AGNHOST_IMAGE})",
+        AGNHOST_IMAGE,
         metavar="IMAGE",
     ),
     # -- kubeconfig options (anchor: kubeconfig provider) --
@@ -318,9 +325,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "--dataplane-node-image",
         "dataplane_node_image",
         "dataplane_node_image",
-        "Image of the node-access DaemonSet; it needs nsenter and sh (default: "
-        "registry.k8s.io/e2e-test-images/busybox:1.36.1-1)",
-        "registry.k8s.io/e2e-test-images/busybox:1.36.1-1",
+        f"Image of the node-access DaemonSet; it needs nsenter and sh (default: {AGENT_IMAGE})",
+        AGENT_IMAGE,
         metavar="IMAGE",
     ),
 )

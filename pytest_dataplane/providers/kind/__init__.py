@@ -15,6 +15,19 @@ metrics, rule counting) is the shared layer :mod:`pytest_dataplane.providers.k8s
 
 from __future__ import annotations
 
-from .provider import KindProvider
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .provider import KindProvider
 
 __all__ = ["KindProvider"]
+
+
+def __getattr__(name: str) -> Any:
+    # The plugin's option table reads this package's defaults at start-up (pytest --help
+    # included): importing a module of it must not import the provider and its clients.
+    if name == "KindProvider":
+        from .provider import KindProvider
+
+        return KindProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,8 @@ KUBE_PROXY_MODES: Final = {
 CLUSTER_PREFIX: Final = "dpt"
 KIND_API_VERSION: Final = "kind.x-k8s.io/v1alpha4"
 API_SERVER_PORT: Final = 6443
+DEFAULT_WORKERS: Final = 1
+DEFAULT_CILIUM_CHART: Final = "cilium"  # the chart of that name in CILIUM_CHART_REPO
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,9 @@ class KindSettings:
 
     cilium_version: Version = field(default_factory=lambda: Version.parse(DEFAULT_CILIUM_VERSION))
     node_image: str | None = None
-    workers: int = 1
+    workers: int = DEFAULT_WORKERS
     hubble: bool = False
-    cilium_chart: str = "cilium"
+    cilium_chart: str = DEFAULT_CILIUM_CHART
     backend_image: str = AGNHOST_IMAGE
     keep: bool = False
 

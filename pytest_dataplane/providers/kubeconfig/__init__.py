@@ -9,6 +9,19 @@ The Kubernetes side is the shared layer :mod:`pytest_dataplane.providers.k8s`.
 
 from __future__ import annotations
 
-from .provider import KubeconfigProvider
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .provider import KubeconfigProvider
 
 __all__ = ["KubeconfigProvider"]
+
+
+def __getattr__(name: str) -> Any:
+    # The plugin's option table reads this package's defaults at start-up (pytest --help
+    # included): importing a module of it must not import the provider and its clients.
+    if name == "KubeconfigProvider":
+        from .provider import KubeconfigProvider
+
+        return KubeconfigProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
