@@ -265,7 +265,7 @@ def _creates(api: MemoryApi, kind: str) -> int:
 def reusing(backends: Backends) -> Iterator[tuple[KubeCluster, MemoryApi, list[float]]]:
     settled: list[float] = []
     cluster, api, _ = make_cluster(
-        backends, nodes=FakeNodes(), reuse_background=True, settle=settled.append
+        backends, nodes=FakeNodes(), disposable=True, settle=settled.append
     )
     yield cluster, api, settled
     cluster.close()
@@ -301,6 +301,22 @@ def test_background_services_are_taken_over_by_the_next_test(
         [f"dpt-bg-0000{i}-1" for i in range(3)],
     )
     assert _creates(api, "Service") == 6
+
+
+def test_reset_on_a_disposable_cluster_stops_pods_without_their_drain(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, api, _ = reusing
+    cluster.deploy("backend", replicas=2)
+    cluster.reset()
+    collections = [(c.kind, c.body) for c in api.calls if c.verb == "deletecollection"]
+    workload = "pytest-dataplane/role=workload"
+    assert collections == [
+        ("Deployment", workload),
+        ("ReplicaSet", workload),
+        ("Pod", (workload, 0)),
+        ("Service", workload),
+    ]
 
 
 def test_other_first_use_deletes_kept_background_services(

@@ -139,6 +139,17 @@ def test_reset_leaves_a_clean_namespace(lab_cluster, plane: str) -> None:
     wait_programmed(cluster, service)
     assert cluster.rule_count().total > before or plane == "ebpf"
     cluster.reset()
+    # The lab is discarded at close: the background services stay for the next test...
+    kept, _ = cluster.api.list_items("v1", "Service", cluster.namespace)
+    assert sorted(i["metadata"]["name"] for i in kept) == [
+        resources.background_name(i) for i in range(50)
+    ]
+    for api_version, kind in (("v1", "Pod"), ("apps/v1", "Deployment")):
+        items, _ = cluster.api.list_items(api_version, kind, cluster.namespace)
+        assert items == [], (kind, [i["metadata"]["name"] for i in items])
+    # ...and a next test that uses the cluster otherwise (here: counting rules) finds them
+    # deleted and the dataplane caught up.
+    cluster.rule_count()
     for api_version, kind in (
         ("v1", "Service"),
         ("v1", "Pod"),
@@ -177,6 +188,34 @@ def test_reset_leaves_a_clean_namespace(lab_cluster, plane: str) -> None:
     if plane != "nftables":
         assert cluster.rule_count().total <= before
     assert cluster.events == [] and cluster.programming_latencies().size == 0
+
+
+@pytest.mark.parametrize("plane", DATAPLANES)
+def test_background_services_are_taken_over_by_the_next_test(lab_cluster, plane: str) -> None:
+    cluster = lab_cluster(plane)
+    cluster.add_background_services(40, endpoints=3)
+    cluster.reset()
+    cluster.add_background_services(60, endpoints=3)
+    event = cluster.events[-1]
+    assert (event.detail["reused"], event.detail["total"]) == (40, 60)
+    services, _ = cluster.api.list_items("v1", "Service", cluster.namespace)
+    assert sorted(i["metadata"]["name"] for i in services) == [
+        resources.background_name(i) for i in range(60)
+    ]
+    # The dataplane has every one of them: the last one created answers on its cluster IP
+    # in the rules (iptables / nftables) or the eBPF service map.
+    last = cluster.api.get("v1", "Service", resources.background_name(59), cluster.namespace)
+    address = resources.cluster_ip(last)
+    if plane == "ebpf":
+        wait_for(
+            lambda: any(vip == address for vip, _, _ in cluster.handle.ebpf_programmed()),
+            "the last background service in the eBPF service map",
+        )
+    else:
+        wait_for(
+            lambda: address in in_node(cluster, "sh", "-c", DUMP_SCRIPT),
+            "the last background service in kube-proxy's rules",
+        )
 
 
 @pytest.mark.parametrize("plane", DATAPLANES)

@@ -98,9 +98,16 @@ class KubeApi(Protocol):
         """Delete; False if it was not there."""
 
     def delete_collection(
-        self, api_version: str, kind: str, namespace: str, *, label_selector: str
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        label_selector: str,
+        grace_period_seconds: int | None = None,
     ) -> None:
-        """Delete every object of ``kind`` in ``namespace`` matching ``label_selector``."""
+        """Delete every object of ``kind`` in ``namespace`` matching ``label_selector``
+        (pods: with ``grace_period_seconds`` instead of their own, when given)."""
 
     def watch(
         self,
@@ -317,11 +324,24 @@ class KubernetesApi:
         return True
 
     def delete_collection(
-        self, api_version: str, kind: str, namespace: str, *, label_selector: str
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        label_selector: str,
+        grace_period_seconds: int | None = None,
     ) -> None:
         resource = self._resource(api_version, kind)
+        options = None
+        if grace_period_seconds is not None:
+            options = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "gracePeriodSeconds": grace_period_seconds,
+            }
         try:
-            resource.delete(namespace=namespace, label_selector=label_selector)
+            resource.delete(namespace=namespace, label_selector=label_selector, body=options)
         except Exception as exc:
             # Services could not be deleted as a collection before Kubernetes 1.24 or so.
             if getattr(exc, "status", None) not in (404, 405):

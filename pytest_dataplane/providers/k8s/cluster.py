@@ -211,7 +211,7 @@ class KubeCluster:
         proxy_histogram: bool | None = None,
         handle: Any = None,
         nodes_run_kubelet: bool = True,
-        reuse_background: bool = False,
+        disposable: bool = False,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -259,9 +259,11 @@ class KubeCluster:
         self._applied: list[tuple[str, str, str, str | None]] = []
         self._background = 0
         self._background_endpoints = 0
+        # ``disposable``: the run owns the cluster and discards it at close, so reset() may
+        # keep background services for the next test and stop pods without their drain.
+        self.disposable = disposable
         # Background services a finished test left for the next (see reset()): how many,
-        # with how many endpoints each. Only where the cluster is discarded at close.
-        self.reuse_background = reuse_background
+        # with how many endpoints each.
         self._parked = 0
         self._parked_endpoints = 0
         self._closed = False
@@ -453,7 +455,10 @@ class KubeCluster:
         if not parked:
             return
         started = now()
-        self._delete_background(range(parked))
+        deadline = started + self.timeout
+        selector = f"{resources.ROLE_LABEL}=background"
+        self._delete_all("v1", "Service", selector, deadline)
+        self._delete_all("discovery.k8s.io/v1", "EndpointSlice", selector, deadline)
         self._settle_and_restart_window()
         log.info(
             "%s: %d background services of an earlier test deleted in %.1f s",
@@ -783,40 +788,54 @@ class KubeCluster:
     def reset(self) -> None:
         """Delete what the test created in the namespace, and start a new measurement window.
 
-        Where the cluster is discarded at close (``reuse_background``), the test's background
-        services stay for the next test: creating 5,000 Services takes the API server a minute
-        or more (its ClusterIP allocator counts every allocated address on each allocation),
-        and deleting them as long again. The next test takes them over if its first use of the
-        cluster is to ask for background services of the same shape; any other first use
-        deletes them and waits for the dataplane to catch up before its window starts.
+        Where the run owns the cluster and discards it at close (``disposable``), the test's
+        pods are stopped without their drain, and its background services stay for the next
+        test: creating 5,000 Services takes the API server a minute or more (its ClusterIP
+        allocator counts every allocated address on each allocation), and deleting them as
+        long again. The next test takes them over if its first use of the cluster is to ask
+        for background services of the same shape; any other first use deletes them and waits
+        for the dataplane to catch up before its window starts.
         """
         selector_workload = f"{resources.ROLE_LABEL}=workload"
         selector_background = f"{resources.ROLE_LABEL}=background"
         with self._lock:
             applied, self._applied = self._applied, []
-            park = self.reuse_background and self._background_endpoints > 0
+            park = self.disposable and self._background_endpoints > 0
             if park:
                 self._parked = self._background
                 self._parked_endpoints = self._background_endpoints
-            elif self.reuse_background and self._background:
-                # Kept for no one: deleted like the rest.
+            elif self.disposable and self._background:
+                # Of mixed shapes: no test takes them over; the next one's first use of the
+                # cluster deletes them.
                 self._parked, self._parked_endpoints = self._background, 0
         for api_version, kind, name, namespace in reversed(applied):
             self.api.delete(api_version, kind, name, namespace)
         deadline = now() + self.timeout
-        collections = [
-            ("apps/v1", "Deployment", selector_workload),
-            ("v1", "Service", selector_workload),
-        ]
-        if not self.reuse_background:
+        # On a disposable cluster the test's pods need not drain (DEPLOY_DRAIN is for
+        # rollouts under load): Deployments and ReplicaSets go first, so none makes new pods,
+        # then the pods at once (a user's cluster keeps the pods' own grace).
+        collections = [("apps/v1", "Deployment", selector_workload)]
+        if self.disposable:
+            collections += [
+                ("apps/v1", "ReplicaSet", selector_workload),
+                ("v1", "Pod", selector_workload),
+            ]
+        collections.append(("v1", "Service", selector_workload))
+        if not self.disposable:
             collections += [
                 ("v1", "Service", selector_background),
                 ("discovery.k8s.io/v1", "EndpointSlice", selector_background),
             ]
         for api_version, kind, selector in collections:
-            self._delete_all(api_version, kind, selector, deadline)
+            self._delete_all(
+                api_version,
+                kind,
+                selector,
+                deadline,
+                grace_period_seconds=0 if kind == "Pod" else None,
+            )
         # Services still there but for the background ones kept for the next test.
-        remaining = f"{resources.ROLE_LABEL}!=background" if self.reuse_background else None
+        remaining = f"{resources.ROLE_LABEL}!=background" if self.disposable else None
         while now() < deadline:
             items, _ = self.api.list_items(
                 "v1", "Service", self.namespace, label_selector=remaining
@@ -859,14 +878,26 @@ class KubeCluster:
         if self.cpu is not None:
             self.cpu.trim(self._window_start)
 
-    def _delete_all(self, api_version: str, kind: str, selector: str, deadline: float) -> None:
+    def _delete_all(
+        self,
+        api_version: str,
+        kind: str,
+        selector: str,
+        deadline: float,
+        *,
+        grace_period_seconds: int | None = None,
+    ) -> None:
         """Delete a collection; again while some is left. Deleting 5,000 Services in one
         request can outlast the API server's request timeout on a busy machine (it answers
         504 and stops part-way): what is left is deleted by the next request."""
         while True:
             try:
                 self.api.delete_collection(
-                    api_version, kind, self.namespace, label_selector=selector
+                    api_version,
+                    kind,
+                    self.namespace,
+                    label_selector=selector,
+                    grace_period_seconds=grace_period_seconds,
                 )
             except Exception as exc:
                 if getattr(exc, "status", None) != 504 or now() > deadline:

@@ -245,10 +245,22 @@ class MemoryApi:
             return obj is not None
 
     def delete_collection(
-        self, api_version: str, kind: str, namespace: str, *, label_selector: str
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        label_selector: str,
+        grace_period_seconds: int | None = None,
     ) -> None:
+        # The call's body: the selector, with the grace period when one was given.
+        body: Any = (
+            label_selector
+            if grace_period_seconds is None
+            else (label_selector, grace_period_seconds)
+        )
         with self._lock:
-            self.calls.append(Call("deletecollection", kind, namespace, None, label_selector))
+            self.calls.append(Call("deletecollection", kind, namespace, None, body))
             if kind in self.unsupported_collections:
                 items, _ = self.list_items(
                     api_version, kind, namespace, label_selector=label_selector

@@ -168,7 +168,7 @@ class LabProvider:
                 facts=self._kube_facts(dataplane, lab),
                 on_close=_closer(lab, api, traffic),
                 # The lab is discarded at close: background services stay between tests.
-                reuse_background=True,
+                disposable=True,
             )
         except BaseException:
             if traffic is not None:
