@@ -55,10 +55,19 @@ from pytest_dataplane.providers.lab import LabProvider
 from pytest_dataplane.providers.lab.kube.access import wait_settled
 
 FULL_SYNC = "kubeproxy_sync_full_proxy_rules_duration_seconds"
+# kube-proxy counts the syncs whose write to the kernel failed; such a sync is still timed
+# (its duration histograms observe every attempt) but programs nothing and observes no
+# programming latency.
+SYNC_FAILURES = (
+    "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+    "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+    "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+)
 # kube-proxy resyncs every service when this label of its Node changes (OnTopologyChange).
 ZONE_LABEL = "topology.kubernetes.io/zone"
 ENDPOINTS = 3
 SETTLE_TIMEOUT = 900.0
+CLOSE_FAILURES: list[str] = []
 
 
 @dataclass
@@ -76,6 +85,8 @@ class Row:
     cpu_p50: float = float("nan")
     cpu_p95: float = float("nan")
     full_sync: float = float("nan")
+    full_sync_failed: bool = False
+    sync_failures: int = 0
     rules: int = 0
     created: float = float("nan")  # seconds to create this count's new background services
     load: tuple[float, float, float] = (float("nan"),) * 3
@@ -113,6 +124,35 @@ def _sum_count(metrics: str, name: str) -> tuple[float, float]:
         elif metric == f"{name}_count":
             count += float(value)
     return total, count
+
+
+def _value(metrics: str, name: str) -> float:
+    """A counter's value in Prometheus text, summed over its labels (0 when absent)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{", 1)[0] == name:
+            total += float(value)
+    return total
+
+
+def sync_failures(lab: Any) -> int:
+    """kube-proxy's failed syncs so far, summed over nodes and kinds (0 on ebpf)."""
+    if not lab.runs_kube_proxy:
+        return 0
+    texts = [lab.proxy_metrics(i) for i in range(len(lab.node_names))]
+    return round(sum(_value(text, name) for text in texts for name in SYNC_FAILURES))
+
+
+def show_failures(lab: Any, label: str) -> None:
+    """kube-proxy's own words on its failed syncs, on stderr."""
+    for name, text in sorted(lab.logs(4000).items()):
+        if not name.startswith("kube-proxy"):
+            continue
+        wanted = [line for line in text.splitlines() if "rror" in line or "ailed" in line]
+        print(f"# {label}: {name}: {len(wanted)} error lines, the last:", file=sys.stderr)
+        for line in wanted[-6:]:
+            print(f"#   {line[:400]}", file=sys.stderr)
 
 
 def force_full_sync(cluster: Any, serial: int) -> tuple[float, str]:
@@ -207,6 +247,7 @@ def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row
         service = cluster.deploy("bench", replicas=3)
         print(f"# {label}: cluster and bench up in {time.monotonic() - began:.1f} s", flush=True)
         rows.append(direct(label, service, args))
+        print(f"# measured: {rows[-1]}", flush=True)
         factory = LoadFactory(record=None)
         background = 0
         for serial, count in enumerate(counts):
@@ -225,10 +266,12 @@ def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row
                     flush=True,
                 )
             row.load = os.getloadavg()
+            failed = sync_failures(lab)
             if lab.runs_kube_proxy:
                 row.full_sync, note = force_full_sync(cluster, serial)
                 if note:
                     row.notes.append(note)
+                row.full_sync_failed = sync_failures(lab) > failed
             wait_programmed(cluster, service)
             _latencies(
                 row,
@@ -263,15 +306,21 @@ def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row
                 np.asarray(cluster.cpu_seconds().per_change[before_cpu:], dtype=np.float64)
             )
             row.rules = cluster.rule_count().total
+            row.sync_failures = sync_failures(lab) - failed
+            if row.sync_failures:
+                row.notes.append(f"kube-proxy: {row.sync_failures} failed syncs")
+                show_failures(lab, f"{label} at {count}")
             rows.append(row)
-            print(
-                f"# {label} at {count} services measured (load average "
-                f"{' '.join(f'{x:.1f}' for x in row.load)})",
-                flush=True,
-            )
+            print(f"# measured: {row}", flush=True)
         factory.close()
     finally:
-        provider.close()
+        try:
+            provider.close()
+        except DataplaneError as exc:
+            # The rows measured stand; the failure is reported and makes the exit status 1
+            # (``python -m pytest_dataplane cleanup`` reaps what is left).
+            print(f"# {label}: closing the lab failed: {exc}", file=sys.stderr)
+            CLOSE_FAILURES.append(f"{label}: {exc}")
     return rows
 
 
@@ -292,6 +341,12 @@ def direct(label: str, service: Any, args: argparse.Namespace) -> Row:
         ),
     )
     return row
+
+
+def _full_sync(row: Row) -> str:
+    if math.isnan(row.full_sync):
+        return "n/a"
+    return f"{'FAILED ' if row.full_sync_failed else ''}{row.full_sync:.3f}s"
 
 
 def _ratio(a: float, b: float, digits: int) -> str:
@@ -340,7 +395,7 @@ def main() -> int:
             f"{r.dataplane:25} {r.services:>8} {_ms(r.p50):>8} {_ms(r.p95):>8} {_ms(r.p99):>8} "
             f"{_ms(r.prog_p50):>9} {_ms(r.prog_p95):>9} {r.changes:>7} {_ms(r.cpu_p50):>11} "
             f"{_ms(r.cpu_p95):>11} "
-            f"{'n/a' if math.isnan(r.full_sync) else f'{r.full_sync:.3f}s':>9} "
+            f"{_full_sync(r):>9} "
             f"{r.rules:>11,} {r.errors:>6} {created:>8} "
             f"{' '.join(f'{x:.1f}' for x in r.load):>14}{flag}{notes}"
         )
@@ -364,7 +419,7 @@ def main() -> int:
             f"{_ratio(r.p95, ref.p95, 2):>7} {_ratio(r.p99, ref.p99, 2):>7} "
             f"{_ratio(r.prog_p95, ref.prog_p95, 0):>9} {_ratio(r.cpu_p95, ref.cpu_p95, 0):>11}"
         )
-    return 0
+    return 1 if CLOSE_FAILURES else 0
 
 
 if __name__ == "__main__":
