@@ -313,8 +313,8 @@ def test_reset_on_a_disposable_cluster_stops_pods_without_their_drain(
     workload = "pytest-dataplane/role=workload"
     assert collections == [
         ("Deployment", workload),
-        ("ReplicaSet", workload),
-        ("Pod", (workload, 0)),
+        ("ReplicaSet", ""),
+        ("Pod", ("", 0)),
         ("Service", workload),
     ]
 

@@ -106,8 +106,8 @@ class KubeApi(Protocol):
         label_selector: str,
         grace_period_seconds: int | None = None,
     ) -> None:
-        """Delete every object of ``kind`` in ``namespace`` matching ``label_selector``
-        (pods: with ``grace_period_seconds`` instead of their own, when given)."""
+        """Delete every object of ``kind`` in ``namespace`` matching ``label_selector`` (empty:
+        all of them); pods with ``grace_period_seconds`` instead of their own, when given."""
 
     def watch(
         self,
@@ -340,8 +340,15 @@ class KubernetesApi:
                 "kind": "DeleteOptions",
                 "gracePeriodSeconds": grace_period_seconds,
             }
+        # An empty selector means every object of the namespace; the client wants some
+        # selector, and every kind has the namespace field.
+        selectors = (
+            {"label_selector": label_selector}
+            if label_selector
+            else {"field_selector": f"metadata.namespace={namespace}"}
+        )
         try:
-            resource.delete(namespace=namespace, label_selector=label_selector, body=options)
+            resource.delete(namespace=namespace, body=options, **selectors)
         except Exception as exc:
             # Services could not be deleted as a collection before Kubernetes 1.24 or so.
             if getattr(exc, "status", None) not in (404, 405):

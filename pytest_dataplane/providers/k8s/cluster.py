@@ -812,14 +812,13 @@ class KubeCluster:
             self.api.delete(api_version, kind, name, namespace)
         deadline = now() + self.timeout
         # On a disposable cluster the test's pods need not drain (DEPLOY_DRAIN is for
-        # rollouts under load): Deployments and ReplicaSets go first, so none makes new pods,
-        # then the pods at once (a user's cluster keeps the pods' own grace).
+        # rollouts under load, an applied manifest's grace for its own reasons): Deployments
+        # and ReplicaSets go first, so none makes new pods, then the pods at once (a user's
+        # cluster keeps the pods' own grace).
         collections = [("apps/v1", "Deployment", selector_workload)]
         if self.disposable:
-            collections += [
-                ("apps/v1", "ReplicaSet", selector_workload),
-                ("v1", "Pod", selector_workload),
-            ]
+            # Every ReplicaSet and pod of the session's namespace: an applied manifest's too.
+            collections += [("apps/v1", "ReplicaSet", ""), ("v1", "Pod", "")]
         collections.append(("v1", "Service", selector_workload))
         if not self.disposable:
             collections += [
