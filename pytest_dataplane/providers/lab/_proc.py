@@ -122,3 +122,13 @@ def which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(
         name, path=os.pathsep.join(("/usr/sbin", "/sbin", "/usr/local/sbin"))
     )
+
+
+def sbin_path() -> str:
+    """``$PATH`` with the sbin directories appended where missing: root's tools (iptables,
+    nft, ip) live there, and a non-login shell's PATH may lack them."""
+    parts = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
+        if extra not in parts:
+            parts.append(extra)
+    return os.pathsep.join(parts)

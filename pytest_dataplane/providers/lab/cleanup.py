@@ -7,7 +7,6 @@ is named explicitly. Only objects carrying a lab prefix (``dpl`` + 6 hex digits)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..._host import NETNS_DIR, read_mounts
+from ._cgroup import attached_programs, cgroup_pids
 from ._session import CGROUP_DIR, PREFIX_RE, STATE_ROOT, Session, cgroup2_mount
 
 _NETNS_RE = re.compile(r"^(dpl[0-9a-f]{6})-")
@@ -52,17 +52,6 @@ def _netns_pids(name: str) -> set[int]:
     return {int(p) for p in done.stdout.split() if p.isdigit()}
 
 
-def _cgroup_pids(root: Path) -> set[int]:
-    pids: set[int] = set()
-    if root.is_dir():
-        for procs in root.rglob("cgroup.procs"):
-            try:
-                pids |= {int(p) for p in procs.read_text().split()}
-            except OSError:
-                continue
-    return pids
-
-
 def _kill(pids: set[int]) -> None:
     pids.discard(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -77,22 +66,6 @@ def _kill(pids: set[int]) -> None:
                 if not os.path.exists(f"/proc/{pid}"):
                     pids.discard(pid)
             time.sleep(0.05)
-
-
-def _attached_programs(cgroup: Path) -> list[tuple[int, str]]:
-    """(id, attach type) of the BPF programs attached to ``cgroup``."""
-    done = subprocess.run(
-        ["bpftool", "-j", "cgroup", "show", str(cgroup)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not done.stdout.strip():
-        return []
-    try:
-        return [(int(p["id"]), str(p["attach_type"])) for p in json.loads(done.stdout)]
-    except (ValueError, KeyError, TypeError):
-        return []
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -115,7 +88,7 @@ def remove_session(prefix: str, *, dry_run: bool = False) -> list[str]:
     for name in namespaces:
         pids |= _netns_pids(name)
     if cgroup is not None:
-        pids |= _cgroup_pids(cgroup)
+        pids |= cgroup_pids(cgroup)
     if pids:
         actions.append(f"kill processes {sorted(pids)}")
         if not dry_run:
@@ -132,7 +105,7 @@ def remove_session(prefix: str, *, dry_run: bool = False) -> list[str]:
         for directory in sorted((p for p in cgroup.rglob("*") if p.is_dir()), reverse=True):
             # Detach first: a removed cgroup lets go of its programs only when the kernel
             # frees it, seconds later; a detached, unpinned program is freed at once.
-            for program, attach_type in _attached_programs(directory):
+            for program, attach_type in attached_programs(directory):
                 actions.append(f"detach BPF program {program} ({attach_type}) from {directory}")
                 if not dry_run:
                     subprocess.run(

@@ -106,7 +106,7 @@ class LabNodes:
 
     def run(self, node: str, script: str, *, timeout: float = 60.0) -> str:
         argv = _proc.in_netns(self.netns(node), ["sh", "-c", script])
-        env = dict(os.environ, PATH=_sbin_path())
+        env = dict(os.environ, PATH=_proc.sbin_path())
         try:
             done = subprocess.run(
                 argv,
@@ -127,15 +127,6 @@ class LabNodes:
                 f"{done.stderr.strip()[:500]}"
             )
         return done.stdout
-
-
-def _sbin_path() -> str:
-    # The rule dumps need root's tools, which a non-login shell's PATH may lack.
-    parts = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
-        if extra not in parts:
-            parts.append(extra)
-    return os.pathsep.join(parts)
 
 
 # ---------------------------------------------------------------------------------- traffic

@@ -19,6 +19,14 @@ Boot order (each step waits on the component's own readiness signal, never on a 
 thread) — and ``python -m pytest_dataplane cleanup`` finds what a SIGKILLed owner left (every
 name carries the session prefix; every process sits in the session's cgroup and dies with
 its parent).
+
+Over 500 lines, on purpose: :class:`KubeLab` is one cluster's life, and its boot and its stop
+mirror each other over the same record of what was started (processes, mounts, namespaces,
+cgroups), which is what lets a failure at any step undo exactly what exists. The parts that
+stand alone live beside it: the address plan and command lines (:mod:`.plan`), namespaces and
+links (:mod:`.topology`), credentials (:mod:`.pki`), processes (:mod:`.process`), readiness
+probes (:mod:`.probe`), the kubectl forwarder (:mod:`.forward`) and cgroups
+(:mod:`.._cgroup`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from typing import Any
 
 from ....errors import DataplaneError, DataplaneUnavailable
 from .. import _proc
+from .._cgroup import attached_programs, kill_cgroup, remove_cgroup
 from .._session import Session
 from . import pki, plan, probe
 from .forward import Forwarder
@@ -56,21 +65,11 @@ CLIENT_CGROUP = "client"  # the clients' cgroup, under the cluster's
 
 def detect_iptables_backend() -> str:
     """``nft`` or ``legacy``: what this machine's ``iptables --version`` reports."""
-    path = shutil.which("iptables", path=_sbin_path())
+    path = shutil.which("iptables", path=_proc.sbin_path())
     if path is None:
         raise DataplaneUnavailable("iptables not found: apt-get install iptables")
     version = _proc.run([path, "--version"]).stdout
     return "nft" if "nf_tables" in version else "legacy"
-
-
-def _sbin_path() -> str:
-    # kube-proxy runs whichever `iptables` (legacy or nft) its PATH finds first; root's tools
-    # live in the sbin directories, which a non-login shell's PATH may lack.
-    parts = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
-        if extra not in parts:
-            parts.append(extra)
-    return os.pathsep.join(parts)
 
 
 def ipvs_available() -> bool:
@@ -604,7 +603,7 @@ class KubeLab:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        env["PATH"] = _sbin_path()
+        env["PATH"] = _proc.sbin_path()
         return env
 
     # ------------------------------------------------------------------ kube-proxy's setup
@@ -616,7 +615,7 @@ class KubeLab:
         backend = self.requested_iptables_backend
         if backend == "auto":
             backend = detect_iptables_backend()
-        search = _sbin_path()
+        search = _proc.sbin_path()
         bin_dir = files.root / "bin"
         bin_dir.mkdir(exist_ok=True)
         for name, binary in plan.iptables_links(backend).items():
@@ -825,7 +824,7 @@ class KubeLab:
         if self.forwarder is not None:
             self.forwarder.close()
         if self.cgroup is not None:
-            _kill_cgroup(self.cgroup)  # whatever the agents left (pods), clients
+            kill_cgroup(self.cgroup)  # whatever the agents left (pods), clients
         if self.files is not None and self.dataplane == "ebpf":
             errors += self._remove_ebpf_leftovers()
         if self.topology is not None:
@@ -839,7 +838,7 @@ class KubeLab:
             else:
                 self._mounted = None
         if self.cgroup is not None:
-            errors += _remove_cgroup(self.cgroup)
+            errors += remove_cgroup(self.cgroup)
         if self.files is not None and self._mounted is None:
             shutil.rmtree(self.files.root, ignore_errors=True)
         if self._own_session and self._session is not None:
@@ -852,7 +851,6 @@ class KubeLab:
     def _remove_ebpf_leftovers(self) -> list[str]:
         """What a controller that could not exit cleanly left: its bpffs mount (the pins) and
         its program's attachment to the clients' cgroup."""
-        from ..cleanup import _attached_programs
         from ..ebpf import remove_leftovers
 
         errors: list[str] = []
@@ -862,7 +860,7 @@ class KubeLab:
             errors.append(str(exc))
         cgroup = self._client_cgroup
         if cgroup is not None and cgroup.is_dir():
-            for program, attach_type in _attached_programs(cgroup):
+            for program, attach_type in attached_programs(cgroup):
                 done = _proc.run(
                     ["bpftool", "cgroup", "detach", str(cgroup), attach_type, "id", str(program)],
                     check=False,
@@ -870,40 +868,6 @@ class KubeLab:
                 if done.returncode != 0:
                     errors.append(f"detach BPF program {program}: {done.stderr.strip()}")
         return errors
-
-
-def _cgroup_pids(root: Path) -> set[int]:
-    pids: set[int] = set()
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids |= {int(p) for p in procs.read_text().split()}
-    return pids
-
-
-def _kill_cgroup(root: Path) -> None:
-    pids = _cgroup_pids(root) - {os.getpid()}
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while _cgroup_pids(root) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _remove_cgroup(root: Path) -> list[str]:
-    errors: list[str] = []
-    if not root.is_dir():
-        return errors
-    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        try:
-            directory.rmdir()
-        except OSError as exc:
-            errors.append(f"cgroup {directory}: {exc}")
-    try:
-        root.rmdir()
-    except OSError as exc:
-        errors.append(f"cgroup {root}: {exc}")
-    return errors
 
 
 def run_kubectl(

@@ -37,6 +37,7 @@ from .containers import (
     should_restart,
     stop_schedule,
 )
+from .spares import start_backend
 from .status import ContainerRun, ContainerView, Terminated, ended_phase, pod_status
 
 if TYPE_CHECKING:
@@ -304,14 +305,7 @@ class PodWorker:
         if process is None:
             argv = _proc.in_netns(self.netns, plan.argv(self.name, os.getpid()))
             try:
-                with open(log_path, "ab") as log_file:
-                    process = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=log_file,
-                        start_new_session=True,
-                    )
+                process = start_backend(argv, log_path, stdin=subprocess.DEVNULL)
             except OSError as exc:
                 container.error = PodConfigError("RunContainerError", f"cannot start: {exc}")
                 return

@@ -11,9 +11,18 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["Spares"]
+__all__ = ["Spares", "start_backend"]
 
 log = logging.getLogger("pytest_dataplane.lab.agent")
+
+
+def start_backend(argv: list[str], log_path: Path, *, stdin: int) -> subprocess.Popen[bytes]:
+    """Start a lab backend process: its stdout a pipe (it prints ``READY`` there), its stderr
+    appended to ``log_path``, in a session of its own. OSError if it cannot start."""
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True
+        )
 
 
 class Spares:
@@ -55,14 +64,9 @@ class Spares:
                 if self.closed:
                     break
                 try:
-                    with open(Path(self.run_dir) / "spares.log", "ab") as log_file:
-                        process = subprocess.Popen(
-                            argv,
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            stderr=log_file,
-                            start_new_session=True,
-                        )
+                    process = start_backend(
+                        argv, Path(self.run_dir) / "spares.log", stdin=subprocess.PIPE
+                    )
                 except OSError as exc:
                     log.warning("cannot start a spare backend: %s", exc)
                     continue
