@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -9,10 +10,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 # Re-exported: the lab's Kubernetes nodes still read the namespace directory from here.
 from ..._host import NETNS_DIR as NETNS_DIR  # noqa: PLC0414
 from ...errors import DataplaneError
+
+#: prctl(2): the signal a process gets when the thread that forked it ends.
+PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
@@ -132,3 +137,11 @@ def sbin_path() -> str:
         if extra not in parts:
             parts.append(extra)
     return os.pathsep.join(parts)
+
+
+def die_with_parent(sig: int, parent: int | None = None) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent (the thread that forked
+    it) ends. False if ``parent`` (a pid) is gone already: then the signal would never come,
+    and the process should exit at once."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return parent is None or os.getppid() == parent

@@ -25,8 +25,8 @@ import sys
 from collections.abc import Callable
 
 from ...config import ServiceTime
+from . import _proc
 
-_PR_SET_PDEATHSIG = 1
 _CLONE_NEWNET = 0x40000000
 
 
@@ -184,12 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.name is None and not args.spare:
         parser.error("--name is required (or --spare)")
-    if args.parent is not None:
-        # Die with the lab: a SIGKILLed test run must not leave pods serving forever.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != args.parent:
-            return 0
+    # Die with the lab: a SIGKILLed test run must not leave pods serving forever.
+    if args.parent is not None and not _proc.die_with_parent(signal.SIGTERM, args.parent):
+        return 0
     try:
         import uvloop
 

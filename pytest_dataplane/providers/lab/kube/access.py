@@ -20,7 +20,6 @@ with these in place of what kind and an existing cluster use:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from ....events import Event
 from ...k8s import resources
 from ...k8s.dataplane import CpuReading
 from .. import _proc
+from .process import child_setup
 
 __all__ = [
     "EbpfProgramming",
@@ -49,8 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class LabView(Protocol):
@@ -212,19 +210,6 @@ class ProbeProcess:
         self._kill()
         if self.cgroup is not None and self._own_cgroup:
             self.cgroup.mkdir(parents=True, exist_ok=True)
-        libc = ctypes.CDLL(None, use_errno=True)
-        procs = None if self.cgroup is None else str(self.cgroup / "cgroup.procs")
-
-        def setup() -> None:
-            # Between fork and exec: only raw system calls.
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if procs is not None:
-                fd = os.open(procs, os.O_WRONLY)
-                try:
-                    os.write(fd, str(os.getpid()).encode())
-                finally:
-                    os.close(fd)
-
         try:
             popen = subprocess.Popen(
                 _proc.in_netns(self.netns, [sys.executable, "-c", PROBE_SCRIPT]),
@@ -234,7 +219,7 @@ class ProbeProcess:
                 text=True,
                 bufsize=1,
                 start_new_session=True,  # Ctrl-C in the terminal is the lab's to handle
-                preexec_fn=setup,  # noqa: PLW1509 - started from our own long-lived thread
+                preexec_fn=child_setup(self.cgroup, signal.SIGKILL),  # noqa: PLW1509 - started from our own long-lived thread
             )
         except OSError as exc:
             raise DataplaneError(f"cannot start the lab's client prober: {exc}") from None

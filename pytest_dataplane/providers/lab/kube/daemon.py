@@ -11,10 +11,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -22,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from ....errors import DataplaneError
+from .. import _proc
 
 __all__ = [
     "REQUEST_TIMEOUT",
@@ -36,7 +35,6 @@ __all__ = [
 
 WATCH_TIMEOUT: Final = 300  # seconds a watch request lasts before it is renewed
 REQUEST_TIMEOUT: Final = (5.0, 30.0)  # connect, read: no API call may hang a thread forever
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class ApiError(DataplaneError):
@@ -224,9 +222,7 @@ def start_process(log_level: str, *, parent: int | None = None) -> bool:
         format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
         stream=sys.stderr,
     )
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    return parent is None or os.getppid() == parent
+    return _proc.die_with_parent(signal.SIGTERM, parent)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

@@ -24,17 +24,18 @@ from pathlib import Path
 from ....errors import DataplaneError
 from .. import _proc
 
-_PR_SET_PDEATHSIG = 1
 POLL = 0.05  # seconds between two looks at a readiness condition
 
 
-def _child_setup(cgroup: Path | None, deathsig: int) -> Callable[[], None]:
+def child_setup(cgroup: Path | None, deathsig: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``deathsig`` when the forking thread ends and joins
+    ``cgroup`` (if given) before it runs anything."""
     libc = ctypes.CDLL(None, use_errno=True)
     procs = None if cgroup is None else str(cgroup / "cgroup.procs")
 
     def setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe work (raw writes).
-        libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0)
+        libc.prctl(_proc.PR_SET_PDEATHSIG, deathsig, 0, 0, 0)
         if procs is not None:
             fd = os.open(procs, os.O_WRONLY)
             try:
@@ -92,7 +93,7 @@ class Process:
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     start_new_session=True,
-                    preexec_fn=_child_setup(self.cgroup, self.deathsig),  # noqa: PLW1509
+                    preexec_fn=child_setup(self.cgroup, self.deathsig),  # noqa: PLW1509
                 )
             except OSError as exc:
                 raise DataplaneError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
