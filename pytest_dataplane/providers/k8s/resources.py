@@ -60,6 +60,9 @@ CONTAINER: Final = "backend"
 # own backend (the lab's node agent runs it for ``backend:<version>`` images), which also
 # emulates an application's service time.
 BACKENDS: Final = ("netexec", "lab")
+# The container runtime the lab's node agent reports in a Node's nodeInfo (followed by its
+# version): its pods are lab backends in network namespaces, not containers.
+LAB_RUNTIME: Final = "pytest-dataplane-lab://"
 BACKGROUND_PREFIX: Final = "dpt-bg-"  # names of the background Services
 # RFC 2544's benchmarking range: background endpoints are never sent traffic, and these
 # addresses can never be anybody's real pod.

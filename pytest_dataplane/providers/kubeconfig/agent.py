@@ -33,9 +33,6 @@ __all__ = [
 AGENT_NAME: Final = "dpt-node-agent"
 # busybox carries nsenter, sh and sleep, which is all the agent needs.
 AGENT_IMAGE: Final = "registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
-# The container runtime the lab's node agent reports in a Node's nodeInfo: its pods are lab
-# backends in network namespaces, so nothing can share the node's PID namespace there.
-LAB_RUNTIME: Final = "pytest-dataplane-lab://"
 # Waiting reasons the kubelet gives for a container it will not start however long one
 # waits (a bad image name or spec); image pulls are retried, so ErrImagePull is not here.
 _HOPELESS: Final = frozenset(
@@ -54,13 +51,15 @@ class NodeAccessUnavailable(DataplaneError):
 
 
 def lab_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Names of the nodes run by the lab's node agent (container runtime ``pytest-dataplane-lab://``)."""
+    """Names of the nodes run by the lab's node agent (its container runtime is
+    ``resources.LAB_RUNTIME``): their pods are lab backends in network namespaces, so nothing
+    can share such a node's PID namespace."""
     return sorted(
         str(node["metadata"]["name"])
         for node in nodes
         if str(
             ((node.get("status") or {}).get("nodeInfo") or {}).get("containerRuntimeVersion", "")
-        ).startswith(LAB_RUNTIME)
+        ).startswith(resources.LAB_RUNTIME)
     )
 
 
@@ -101,7 +100,7 @@ def start_agent(
     if lab:
         raise NodeAccessUnavailable(
             f"node(s) {', '.join(lab)} are run by the pytest-dataplane lab's node agent "
-            f"(container runtime {LAB_RUNTIME}...), whose pods are lab backends, not "
+            f"(container runtime {resources.LAB_RUNTIME}...), whose pods are lab backends, not "
             "containers: the privileged node-agent DaemonSet cannot run there; the lab "
             "provider (--dataplane-provider=lab) reads rules and CPU in the node namespaces"
         )

@@ -44,15 +44,12 @@ def remove_cgroup(root: Path) -> list[str]:
     errors: list[str] = []
     if not root.is_dir():
         return errors
-    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+    below = sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True)
+    for directory in (*below, root):
         try:
             directory.rmdir()
         except OSError as exc:
             errors.append(f"cgroup {directory}: {exc}")
-    try:
-        root.rmdir()
-    except OSError as exc:
-        errors.append(f"cgroup {root}: {exc}")
     return errors
 
 

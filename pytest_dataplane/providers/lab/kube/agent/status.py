@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
+from ....k8s.resources import LAB_RUNTIME
 from .config import NodeConfig
 from .containers import IMAGE_NAME, ContainerPlan, PodConfigError, image_ref, restart_delay
 
@@ -315,7 +316,7 @@ def node_status(
         "nodeInfo": {
             "architecture": _arch(),
             "bootID": _boot_id(),
-            "containerRuntimeVersion": "pytest-dataplane-lab://1",
+            "containerRuntimeVersion": f"{LAB_RUNTIME}1",
             "kernelVersion": os.uname().release,
             "kubeProxyVersion": "",
             "kubeletVersion": version,
