@@ -161,7 +161,9 @@ class LabProvider:
                 if dataplane == "ebpf"
                 else None,
                 diagnostics=lambda since: access.dataplane_logs(lab),
-                settle=lambda timeout: access.wait_settled(lab, timeout=timeout),
+                settle=lambda timeout: access.wait_settled(
+                    lab, timeout=timeout, cluster_ips=lambda: access.service_ips(api)
+                ),
                 proxy_histogram=dataplane != "ebpf",
                 handle=lab,
                 nodes_run_kubelet=False,  # the node agent writes no rules

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -74,6 +74,8 @@ class LabView(Protocol):
     def proxy_metrics(self, index: int = 0) -> str: ...
 
     def logs(self, lines: int = 25) -> dict[str, str]: ...
+
+    def ebpf_programmed(self) -> dict[tuple[str, int, str], list[str]]: ...
 
 
 # ---------------------------------------------------------------------------------- nodes
@@ -474,15 +476,34 @@ def proxy_caught_up(metrics: str) -> bool:
     return synced is not None and (queued is None or synced >= queued)
 
 
-def wait_settled(lab: LabView, *, timeout: float, poll: float = 0.1) -> None:
-    """Wait until every node's kube-proxy has caught up with the changes it received (the
-    cleanup of one test must not be measured in the next); nothing to wait for on ebpf,
-    whose controller programs each change as it comes."""
+def wait_settled(
+    lab: LabView,
+    *,
+    timeout: float,
+    poll: float = 0.1,
+    cluster_ips: Callable[[], set[str]] | None = None,
+) -> None:
+    """Wait until the dataplane has caught up with the changes it received (the cleanup of
+    one test must not be measured in the next): every node's kube-proxy has synced what it
+    queued; on ebpf, where ``cluster_ips()`` gives the cluster IPs of the Services that
+    exist, the controller's maps hold no other address (deletions are what a cleanup makes).
+    """
     import time
 
-    if not lab.runs_kube_proxy:
-        return
     deadline = time.monotonic() + timeout
+    if not lab.runs_kube_proxy:
+        if cluster_ips is None:
+            return
+        while True:
+            stale = {vip for vip, _, _ in lab.ebpf_programmed()} - cluster_ips()
+            if not stale:
+                return
+            if time.monotonic() > deadline:
+                raise DataplaneError(
+                    f"the eBPF controller still serves {len(stale)} deleted services "
+                    f"{timeout:g} s after their deletion (e.g. {sorted(stale)[:3]})"
+                )
+            time.sleep(poll)
     for index, node in enumerate(lab.node_names):
         while not proxy_caught_up(lab.proxy_metrics(index)):
             if time.monotonic() > deadline:
@@ -490,6 +511,18 @@ def wait_settled(lab: LabView, *, timeout: float, poll: float = 0.1) -> None:
                     f"kube-proxy on {node} did not catch up with the API in {timeout:g} s"
                 )
             time.sleep(poll)
+
+
+def service_ips(api: Any) -> set[str]:
+    """The cluster IPs of every Service of the cluster (``api``: a KubeApi)."""
+    items, _ = api.list_items("v1", "Service", None)
+    addresses: set[str] = set()
+    for item in items:
+        spec = item.get("spec") or {}
+        addresses.update(str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None")
+        if spec.get("clusterIP") and spec["clusterIP"] != "None":
+            addresses.add(str(spec["clusterIP"]))
+    return addresses
 
 
 def dataplane_logs(lab: LabView, lines: int = 60) -> list[tuple[str, str]]:
