@@ -3,7 +3,7 @@ services, scaled and rolled out under 300 req/s, with a p95 threshold.
 
 Run on the dataplanes to compare::
 
-    pytest examples/test_first_test.py --dataplane=iptables,ebpf
+    pytest examples/test_your_first_test.py --dataplane=iptables,ebpf
 
 The threshold has a real margin: the backend answers in microseconds and the service path
 adds a few milliseconds, so 50 ms is about ten times the p95 measured on a busy 2-core
@@ -26,8 +26,8 @@ from pytest_dataplane import assert_error_rate_below, assert_p95_below
 
 @pytest.mark.dataplane("iptables", "ebpf")
 def test_rollout_keeps_p95_under_50ms(dataplane, load):
+    dataplane.add_background_services(2000, endpoints=3)  # a busy cluster first
     backend = dataplane.deploy("backend", replicas=3)
-    dataplane.add_background_services(2000, endpoints=3)
     with load(backend, rate=300, duration="20s") as run:
         backend.scale(6)
         # Old pods keep serving 5 s after leaving the endpoints (a preStop sleep, as in
