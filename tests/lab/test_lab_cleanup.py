@@ -59,6 +59,20 @@ def _bpf_programs() -> set[int]:
     return {p["id"] for p in json.loads(done.stdout) if p.get("name") == "dpt_connect4"}
 
 
+def _programs_of_other_sessions(ours: set[str]) -> set[int]:
+    # Other runs on this machine (other sessions, xdist workers) load programs of their own;
+    # those attached to their sessions' cgroups are known not to be ours.
+    done = subprocess.run(
+        ["bpftool", "-j", "cgroup", "tree"], capture_output=True, text=True, check=True
+    )
+    found: set[int] = set()
+    for entry in json.loads(done.stdout or "[]"):
+        match = re.search(rf"/{re.escape(CGROUP_DIR)}(dpl[0-9a-f]{{6}})\b", entry["cgroup"])
+        if match is not None and match.group(1) not in ours:
+            found |= {program["id"] for program in entry["programs"]}
+    return found
+
+
 def _root_firewall() -> str:
     outputs = []
     for argv in (["iptables-legacy-save"], ["iptables-nft-save"], ["nft", "list", "ruleset"]):
@@ -141,13 +155,16 @@ def inner(tmp_path: Path):
         while leftovers() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert leftovers() == set()
-        if os.environ.get("PYTEST_XDIST_WORKER") is None:
-            # Other xdist workers load BPF programs of their own; alone, any new one leaked.
-            # The kernel frees a released program after an RCU grace period: allow for it.
-            deadline = time.monotonic() + 10
-            while _bpf_programs() - programs and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert _bpf_programs() - programs == set()
+
+        def leaked_programs() -> set[int]:
+            return _bpf_programs() - programs - _programs_of_other_sessions(ours)
+
+        # The kernel frees a released program after an RCU grace period, and another run's
+        # program is attached to its cgroup only once loaded: allow for both.
+        deadline = time.monotonic() + 10
+        while leaked_programs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert leaked_programs() == set()
         assert _processes_of(ours) == []
         assert _root_firewall() == firewall
 
