@@ -16,6 +16,7 @@ from .config import ServiceTime
 from .errors import (
     DataplaneAssertionError,
     DataplaneError,
+    DataplaneSkip,
     DataplaneUnavailable,
     InsufficientDataError,
 )
@@ -56,6 +57,7 @@ _LAZY = {
 __all__ = [
     "DataplaneAssertionError",
     "DataplaneError",
+    "DataplaneSkip",
     "DataplaneUnavailable",
     "InsufficientDataError",
     "LoadResult",

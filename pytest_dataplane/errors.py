@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "DataplaneAssertionError",
     "DataplaneError",
+    "DataplaneSkip",
     "DataplaneUnavailable",
     "InsufficientDataError",
     "PytestDataplaneWarning",
@@ -24,6 +25,13 @@ class DataplaneError(Exception):
 
 class DataplaneUnavailable(DataplaneError):
     """A dataplane or provider cannot run here; the message says what is missing and the fix."""
+
+
+class DataplaneSkip(DataplaneUnavailable):
+    """What the test asks for does not exist on this cluster (node access refused, the lab's
+    emulated service times on kind, background services on a shared cluster): the plugin
+    reports the test as skipped with this message, as ``pytest.skip`` would. Providers raise
+    it instead of calling pytest, which they do not import."""
 
 
 class InsufficientDataError(DataplaneError, ValueError):

@@ -18,6 +18,7 @@ import pytest
 
 from ._options import _BY_DEST, add_options, resolve_option
 from .config import DATAPLANES, parse_dataplanes
+from .errors import DataplaneSkip
 from .providers import PROVIDERS, ProviderRegistry
 
 if TYPE_CHECKING:
@@ -239,6 +240,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     from . import _collect
 
     _collect.begin()
+
+
+# A provider says "this cluster has no such thing" with DataplaneSkip (providers do not
+# import pytest); raised in a test or one of its fixtures, it is a skip with that reason.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    except DataplaneSkip as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    try:
+        return (yield)
+    except DataplaneSkip as exc:
+        pytest.skip(str(exc))
 
 
 # -- load fixture (anchor: load generator) --

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from k8skit import Backends, Controllers
 
-from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
+from pytest_dataplane.errors import DataplaneError, DataplaneSkip, DataplaneUnavailable
 from pytest_dataplane.providers.k8s import resources
 from pytest_dataplane.providers.k8s.api import ExecResult
 from pytest_dataplane.providers.k8s.cluster import (
@@ -394,7 +394,7 @@ def test_background_refused_on_shared_clusters(backends: Backends) -> None:
         backends, background_refusal="refused: pass --dataplane-allow-background"
     )
     try:
-        with pytest.raises(pytest.skip.Exception, match="--dataplane-allow-background"):
+        with pytest.raises(DataplaneSkip, match="--dataplane-allow-background"):
             cluster.add_background_services(10)
         assert not [c for c in api.calls if c.verb == "create"]
     finally:
@@ -433,9 +433,9 @@ def test_rule_count_on_cilium_adds_the_service_map(backends: Backends) -> None:
 def test_no_node_access_skips_rule_counts_and_cpu(backends: Backends) -> None:
     cluster, _, _ = make_cluster(backends)
     try:
-        with pytest.raises(pytest.skip.Exception, match="counting rules needs node access: pass"):
+        with pytest.raises(DataplaneSkip, match="counting rules needs node access: pass"):
             cluster.rule_count()
-        with pytest.raises(pytest.skip.Exception, match="CPU needs node access"):
+        with pytest.raises(DataplaneSkip, match="CPU needs node access"):
             cluster.cpu_seconds()
     finally:
         cluster.close()
@@ -585,7 +585,7 @@ def test_apply_stays_in_the_namespace_on_shared_clusters(backends: Backends) -> 
 
 def test_service_time_is_a_lab_feature(iptables: tuple[KubeCluster, MemoryApi, FakeNodes]) -> None:
     cluster, api, _ = iptables
-    with pytest.raises(pytest.skip.Exception, match="lab's backend"):
+    with pytest.raises(DataplaneSkip, match="lab's backend"):
         cluster.deploy("backend", service_time="5ms")
     assert not [c for c in api.calls if c.verb == "create"]
 

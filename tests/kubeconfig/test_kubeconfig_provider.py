@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
+from pytest_dataplane.errors import DataplaneError, DataplaneSkip, DataplaneUnavailable
 from pytest_dataplane.providers.k8s.api import ExecResult, api_error
 from pytest_dataplane.providers.k8s.testing import MemoryApi, matches_selector
 from pytest_dataplane.providers.kubeconfig import KubeconfigProvider
@@ -135,9 +135,9 @@ def test_session_namespace_lifecycle_without_node_access() -> None:
         "pytest-dataplane/role": "session",
     }
     assert cluster.traffic.node_host == "203.0.113.11"  # an ExternalIP first
-    with pytest.raises(pytest.skip.Exception, match="--dataplane-node-access"):
+    with pytest.raises(DataplaneSkip, match="--dataplane-node-access"):
         cluster.rule_count()
-    with pytest.raises(pytest.skip.Exception, match="--dataplane-allow-background"):
+    with pytest.raises(DataplaneSkip, match="--dataplane-allow-background"):
         cluster.add_background_services(100)
     assert cluster.fingerprint()["kube_proxy_mode"] == "ipvs"
     p.close()
@@ -381,7 +381,7 @@ class Refused(Exception):
 
 
 def _skip_reason(cluster: Any) -> str:
-    with pytest.raises(pytest.skip.Exception) as info:
+    with pytest.raises(DataplaneSkip) as info:
         cluster.rule_count()
     return str(info.value)
 

@@ -181,3 +181,33 @@ def test_plugin_import_stays_light() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_a_provider_s_skip_is_a_skip_with_its_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_dataplane import DataplaneSkip, DataplaneUnavailable
+
+        @pytest.fixture
+        def no_nodes():
+            raise DataplaneSkip("counting rules needs node access: pass --dataplane-node-access")
+
+        def test_in_a_fixture(no_nodes):
+            pass
+
+        def test_in_the_test():
+            raise DataplaneSkip("service_time needs the lab's backend")
+
+        def test_other_unavailability_stays_an_error():
+            raise DataplaneUnavailable("the dataplane's CPU cannot be read")
+        """
+    )
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SKIPPED*counting rules needs node access: pass --dataplane-node-access*",
+            "*SKIPPED*service_time needs the lab's backend*",
+        ]
+    )

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ...config import ServiceTime, parse_duration
-from ...errors import DataplaneError, DataplaneUnavailable
+from ...errors import DataplaneError, DataplaneSkip, DataplaneUnavailable
 from ...events import Event, now
 from ..base import (
     CpuUsage,
@@ -69,12 +69,6 @@ DEFAULT_TIMEOUT = 300.0
 # must outlast a busy kube-proxy's programming (seconds on a loaded 2-core node, measured).
 DEPLOY_DRAIN = "5s"
 _ENDPOINT_EVENTS = ("endpoint-added", "endpoint-removed")
-
-
-def _skip(reason: str) -> None:
-    import pytest
-
-    pytest.skip(reason)
 
 
 class ProgrammingSource(Protocol):
@@ -347,7 +341,7 @@ class KubeCluster:
         self._drop_parked()
         parsed = ServiceTime.parse(service_time)
         if parsed is not None and self.backend != "lab":
-            _skip(
+            raise DataplaneSkip(
                 f"service_time={service_time!r}: emulated service times need the lab's backend; "
                 f"on {self.provider} backends are agnhost netexec, which answers at once"
             )
@@ -391,7 +385,7 @@ class KubeCluster:
     def add_background_services(self, count: int, endpoints: int = 3) -> None:
         check_background_args(count, endpoints)
         if self.background_refusal is not None:
-            _skip(self.background_refusal)
+            raise DataplaneSkip(self.background_refusal)
         started = now()
         adopted = self._adopt_background(count, endpoints)
         start = self._background
@@ -612,8 +606,7 @@ class KubeCluster:
 
     def _require_nodes(self, what: str) -> NodeAccess:
         if self.node_access is None:
-            _skip(f"{what} needs node access: {self.node_access_reason}")
-            raise AssertionError("unreachable")  # pytest.skip raised
+            raise DataplaneSkip(f"{what} needs node access: {self.node_access_reason}")
         return self.node_access
 
     def rule_count(self) -> RuleCount:
