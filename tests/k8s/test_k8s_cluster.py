@@ -22,6 +22,7 @@ from pytest_dataplane.providers.k8s.cluster import (
     load_manifests,
 )
 from pytest_dataplane.providers.k8s.dataplane import DataplanePods
+from pytest_dataplane.providers.k8s.hooks import ClusterHooks
 from pytest_dataplane.providers.k8s.metrics import PROGRAMMING_METRIC
 from pytest_dataplane.providers.k8s.nodes import DUMP_SCRIPT
 from pytest_dataplane.providers.k8s.testing import MemoryApi
@@ -265,7 +266,7 @@ def _creates(api: MemoryApi, kind: str) -> int:
 def reusing(backends: Backends) -> Iterator[tuple[KubeCluster, MemoryApi, list[float]]]:
     settled: list[float] = []
     cluster, api, _ = make_cluster(
-        backends, nodes=FakeNodes(), disposable=True, settle=settled.append
+        backends, nodes=FakeNodes(), hooks=ClusterHooks(disposable=True, settle=settled.append)
     )
     yield cluster, api, settled
     cluster.close()
@@ -391,7 +392,8 @@ def test_without_reuse_reset_deletes_background_services(
 
 def test_background_refused_on_shared_clusters(backends: Backends) -> None:
     cluster, api, _ = make_cluster(
-        backends, background_refusal="refused: pass --dataplane-allow-background"
+        backends,
+        hooks=ClusterHooks(background_refusal="refused: pass --dataplane-allow-background"),
     )
     try:
         with pytest.raises(DataplaneSkip, match="--dataplane-allow-background"):
@@ -557,7 +559,7 @@ def test_apply_manifests(
 
 
 def test_apply_stays_in_the_namespace_on_shared_clusters(backends: Backends) -> None:
-    cluster, _, _ = make_cluster(backends, restrict_apply_to_namespace=True)
+    cluster, _, _ = make_cluster(backends, hooks=ClusterHooks(restrict_apply_to_namespace=True))
     try:
         with pytest.raises(DataplaneError, match="targets namespace 'default'"):
             cluster.apply(
@@ -590,8 +592,15 @@ def test_service_time_is_a_lab_feature(iptables: tuple[KubeCluster, MemoryApi, F
     assert not [c for c in api.calls if c.verb == "create"]
 
 
+def test_hooks_refuse_an_unknown_backend() -> None:
+    with pytest.raises(
+        ValueError, match="backend: 'nginx' is not accepted; accepted: netexec, lab"
+    ):
+        ClusterHooks(backend="nginx")
+
+
 def test_diagnostics(backends: Backends) -> None:
-    cluster, api, _ = make_cluster(backends, dataplane="ebpf", hubble=True)
+    cluster, api, _ = make_cluster(backends, dataplane="ebpf", hooks=ClusterHooks(hubble=True))
     api.add(
         {
             "apiVersion": "v1",

@@ -168,7 +168,7 @@ def test_node_access_deploys_the_agent_in_the_session_namespace() -> None:
     assert pod["hostNetwork"] and pod["hostPID"]
     assert pod["containers"][0]["securityContext"] == {"privileged": True}
     assert cluster.traffic.node_host == "192.0.2.7"
-    assert cluster.background_refusal is None
+    assert cluster.hooks.background_refusal is None
     count = cluster.rule_count()
     assert count.total == 2  # one KUBE- line on each of 2 nodes
     assert [r[0] for r in ran if "iptables" in r[1][-1]] == ["agent-node-a", "agent-node-b"]

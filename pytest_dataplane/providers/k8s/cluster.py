@@ -8,7 +8,7 @@ EndpointSlices of their own; an EndpointSlice watch turns endpoint changes into 
 Node-level numbers (rules, CPU, kube-proxy's histogram) need the provider's
 :class:`~.nodes.NodeAccess`. A provider that knows more than the API tells (the lab: its own
 processes' cgroups, its eBPF controller's exact programming records, its backend's service
-times) plugs that in through the hooks of :class:`KubeCluster`.
+times) plugs that in through one :class:`~.hooks.ClusterHooks`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,8 @@ from ..rules import summarize
 from . import resources
 from .api import KubeApi
 from .cilium import parse_lb_list
-from .dataplane import CpuSampler, CpuSource, DataplanePods, PodCpuSource
+from .dataplane import CpuSampler, DataplanePods, PodCpuSource
+from .hooks import ClusterHooks
 from .metrics import (
     attribute_cpu,
     diff_histogram,
@@ -55,7 +56,6 @@ from .watch import EndpointTracker, SliceWatcher
 __all__ = [
     "KubeCluster",
     "KubeService",
-    "ProgrammingSource",
     "format_events",
     "load_manifests",
 ]
@@ -69,19 +69,6 @@ DEFAULT_TIMEOUT = 300.0
 # must outlast a busy kube-proxy's programming (seconds on a loaded 2-core node, measured).
 DEPLOY_DRAIN = "5s"
 _ENDPOINT_EVENTS = ("endpoint-added", "endpoint-removed")
-
-
-class ProgrammingSource(Protocol):
-    """Exact network-programming latencies that a provider reads from its dataplane (the
-    lab's eBPF controller records each endpoint change it programs)."""
-
-    @property
-    def name(self) -> str:
-        """What the figures are, for the fingerprint (``programming_latency_source``)."""
-
-    def latencies(self, changes: Sequence[Event]) -> list[float]:
-        """Seconds from each endpoint change (``endpoint-added`` / ``endpoint-removed``
-        events, as the EndpointSlice watch saw them) to the dataplane having programmed it."""
 
 
 def load_manifests(
@@ -170,9 +157,11 @@ class KubeService:
 class KubeCluster:
     """A :class:`~pytest_dataplane.providers.base.Cluster` on a Kubernetes cluster.
 
-    The provider builds it with what differs between kind and an existing cluster: how nodes
-    are reached (None: no node access, and ``node_access_reason`` says why), the traffic
-    path, whether background services are allowed, and what to do on :meth:`close`.
+    The provider builds it with how the cluster is reached: the API client and namespace, the
+    dataplane agent's pods, how nodes are reached (None: no node access, and
+    ``node_access_reason`` says why), the traffic path, its facts and what to do on
+    :meth:`close`; and with :class:`~.hooks.ClusterHooks` for what it knows about its
+    dataplane and how it holds the cluster (None: a borrowed cluster seen through the API).
     """
 
     def __init__(
@@ -188,24 +177,12 @@ class KubeCluster:
         dataplane_pods: DataplanePods,
         node_access: NodeAccess | None,
         node_access_reason: str = "",
-        background_refusal: str | None = None,
-        restrict_apply_to_namespace: bool = False,
-        hubble: bool = False,
         facts: Mapping[str, Any] | None = None,
         on_close: Callable[[], None] | None = None,
+        hooks: ClusterHooks | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         cpu_interval: float = 1.0,
         start_threads: bool = True,
-        backend: str = "netexec",
-        cpu_source: CpuSource | None = None,
-        programming: ProgrammingSource | None = None,
-        service_map: Callable[[], int] | None = None,
-        diagnostics: Callable[[float], list[tuple[str, str]]] | None = None,
-        settle: Callable[[float], None] | None = None,
-        proxy_histogram: bool | None = None,
-        handle: Any = None,
-        nodes_run_kubelet: bool = True,
-        disposable: bool = False,
     ) -> None:
         self.name = dataplane
         self.provider = provider
@@ -217,34 +194,8 @@ class KubeCluster:
         self.dataplane_pods = dataplane_pods
         self.node_access = node_access
         self.node_access_reason = node_access_reason
-        # Rule counts leave kubelet's own chains out only where a kubelet writes them.
-        self.nodes_run_kubelet = nodes_run_kubelet
-        self.background_refusal = background_refusal
-        self.restrict_apply_to_namespace = restrict_apply_to_namespace
-        self.hubble = hubble
+        self.hooks = ClusterHooks() if hooks is None else hooks
         self.timeout = timeout
-        # The provider's hooks (None: what the Kubernetes API and node access give):
-        # ``backend`` runs in the pods ("lab" honours service_time); ``cpu_source`` reads the
-        # dataplane's CPU; ``programming`` gives exact per-change latencies;
-        # ``service_map`` counts a BPF service map's entries (ebpf); ``diagnostics(since)``
-        # adds sections; ``settle(timeout)`` waits until the dataplane caught up with the API;
-        # ``proxy_histogram`` says whether kube-proxy's histogram is the latency source (None:
-        # whether the nodes publish it at start; a fresh kube-proxy publishes it only once it
-        # has observed a change).
-        if backend not in resources.BACKENDS:
-            raise ValueError(
-                f"backend: {backend!r} is not accepted; accepted: {', '.join(resources.BACKENDS)}"
-            )
-        self.backend = backend
-        self.cpu_source = cpu_source
-        self.programming = programming
-        self.service_map = service_map
-        self._extra_diagnostics = diagnostics
-        self._settle = settle
-        self._proxy_histogram = proxy_histogram
-        # What the provider runs the cluster with (the lab: its KubeLab), for its own tests
-        # and tools; the Cluster protocol never needs it.
-        self.handle = handle
         self._facts = dict(facts or {})
         self._on_close = on_close
         self._lock = threading.Lock()
@@ -253,9 +204,6 @@ class KubeCluster:
         self._applied: list[tuple[str, str, str, str | None]] = []
         self._background = 0
         self._background_endpoints = 0
-        # ``disposable``: the run owns the cluster and discards it at close, so reset() may
-        # keep background services for the next test and stop pods without their drain.
-        self.disposable = disposable
         # Background services a finished test left for the next (see reset()): how many,
         # with how many endpoints each.
         self._parked = 0
@@ -278,16 +226,19 @@ class KubeCluster:
         """Start the EndpointSlice watch, the prober or histogram baseline, and CPU sampling."""
         self.watcher = SliceWatcher(self.api, self.namespace, self.tracker, self._record)
         self.watcher.start()
-        if self.programming is not None:
-            self.latency_source = self.programming.name
+        if self.hooks.programming is not None:
+            self.latency_source = self.hooks.programming.name
         elif self.name != "ebpf" and self.node_access is not None:
             base = self._read_histograms()
-            if self._proxy_histogram if self._proxy_histogram is not None else any(base.values()):
+            published = self.hooks.proxy_histogram
+            if published is None:
+                published = any(base.values())
+            if published:
                 self._histogram_base = base
                 self.latency_source = "kube-proxy histogram"
-        if self._histogram_base is None and self.programming is None:
+        if self._histogram_base is None and self.hooks.programming is None:
             self.prober = Prober(fetch=self.traffic.hostname)
-        source = self.cpu_source
+        source = self.hooks.cpu_source
         if source is None and self.node_access is not None:
             source = PodCpuSource(self.node_access, self.dataplane_pods, self.dataplane_pod_objects)
         if source is not None:
@@ -296,6 +247,11 @@ class KubeCluster:
 
     def __repr__(self) -> str:
         return f"<KubeCluster {self.provider} {self.name} namespace={self.namespace}>"
+
+    @property
+    def handle(self) -> Any:
+        """``hooks.handle``: what the provider runs the cluster with (the lab: its KubeLab)."""
+        return self.hooks.handle
 
     @property
     def events(self) -> list[Event]:
@@ -340,7 +296,7 @@ class KubeCluster:
         check_deploy_args(name, replicas, port)
         self._drop_parked()
         parsed = ServiceTime.parse(service_time)
-        if parsed is not None and self.backend != "lab":
+        if parsed is not None and self.hooks.backend != "lab":
             raise DataplaneSkip(
                 f"service_time={service_time!r}: emulated service times need the lab's backend; "
                 f"on {self.provider} backends are agnhost netexec, which answers at once"
@@ -355,7 +311,7 @@ class KubeCluster:
             image=self.backend_image,
             session=self.session,
             grace=DEPLOY_DRAIN,
-            backend=self.backend,
+            backend=self.hooks.backend,
             service_time=None if parsed is None else parsed.spec,
         )
         svc = resources.service(
@@ -384,8 +340,8 @@ class KubeCluster:
 
     def add_background_services(self, count: int, endpoints: int = 3) -> None:
         check_background_args(count, endpoints)
-        if self.background_refusal is not None:
-            raise DataplaneSkip(self.background_refusal)
+        if self.hooks.background_refusal is not None:
+            raise DataplaneSkip(self.hooks.background_refusal)
         started = now()
         adopted = self._adopt_background(count, endpoints)
         start = self._background
@@ -488,13 +444,13 @@ class KubeCluster:
             namespaced = self.api.namespaced(obj["apiVersion"], obj["kind"])
             if namespaced:
                 meta.setdefault("namespace", self.namespace)
-                if self.restrict_apply_to_namespace and meta["namespace"] != self.namespace:
+                if self.hooks.restrict_apply_to_namespace and meta["namespace"] != self.namespace:
                     raise DataplaneError(
                         f"apply: {obj['kind']} {meta['name']} targets namespace "
                         f"{meta['namespace']!r}; on an existing cluster only the session's "
                         f"namespace {self.namespace!r} is changed"
                     )
-            elif self.restrict_apply_to_namespace:
+            elif self.hooks.restrict_apply_to_namespace:
                 raise DataplaneError(
                     f"apply: {obj['kind']} {meta['name']} is cluster-scoped; on an existing "
                     f"cluster only the session's namespace {self.namespace!r} is changed"
@@ -581,7 +537,7 @@ class KubeCluster:
             max_unavailable=max_unavailable,
             grace=grace,
             revision=uuid.uuid4().hex[:12],
-            backend=self.backend,
+            backend=self.hooks.backend,
         )
         old = {p for p in self.tracker.ready(service.name).values() if p}
         self._event(
@@ -612,10 +568,10 @@ class KubeCluster:
     def rule_count(self) -> RuleCount:
         nodes = self._require_nodes("counting rules")
         self._drop_parked()
-        found = count_rules(nodes, kubelet=self.nodes_run_kubelet)
+        found = count_rules(nodes, kubelet=self.hooks.nodes_run_kubelet)
         service_map: int | None = None
-        if self.service_map is not None:
-            service_map = self.service_map()
+        if self.hooks.service_map is not None:
+            service_map = self.hooks.service_map()
         elif self.name == "ebpf" and self.dataplane_pods.cli:
             service_map = 0
             for pod in self.dataplane_pod_objects():
@@ -654,9 +610,9 @@ class KubeCluster:
 
     def programming_latencies(self) -> npt.NDArray[np.float64]:
         self._drop_parked()
-        if self.programming is not None:
+        if self.hooks.programming is not None:
             changes = [e for e in self.events if e.name in _ENDPOINT_EVENTS]
-            return np.asarray(self.programming.latencies(changes), dtype=np.float64)
+            return np.asarray(self.hooks.programming.latencies(changes), dtype=np.float64)
         if self._histogram_base is not None:
             after = self._read_histograms()
             values = [
@@ -722,9 +678,9 @@ class KubeCluster:
         logs, and hubble flows when hubble is on. Each part is best effort."""
         since = max(1, math.ceil(time.time() - self._window_wall) + 5)
         sections: list[tuple[str, str]] = []
-        if self._extra_diagnostics is not None:
+        if self.hooks.diagnostics is not None:
             try:
-                sections += self._extra_diagnostics(self._window_wall)
+                sections += self.hooks.diagnostics(self._window_wall)
             except Exception as exc:
                 sections.append(("dataplane", f"unavailable: {exc}"))
         for namespace in (self.namespace, "kube-system"):
@@ -752,7 +708,7 @@ class KubeCluster:
             except Exception as exc:
                 text = f"unavailable: {exc}"
             sections.append((f"{self.dataplane_pods.container} log {name} (last {since} s)", text))
-            if self.hubble and self.name == "ebpf":
+            if self.hooks.hubble and self.name == "ebpf":
                 try:
                     done = self.api.exec(
                         "kube-system",
@@ -793,11 +749,11 @@ class KubeCluster:
         selector_background = f"{resources.ROLE_LABEL}=background"
         with self._lock:
             applied, self._applied = self._applied, []
-            park = self.disposable and self._background_endpoints > 0
+            park = self.hooks.disposable and self._background_endpoints > 0
             if park:
                 self._parked = self._background
                 self._parked_endpoints = self._background_endpoints
-            elif self.disposable and self._background:
+            elif self.hooks.disposable and self._background:
                 # Of mixed shapes: no test takes them over; the next one's first use of the
                 # cluster deletes them.
                 self._parked, self._parked_endpoints = self._background, 0
@@ -809,11 +765,11 @@ class KubeCluster:
         # and ReplicaSets go first, so none makes new pods, then the pods at once (a user's
         # cluster keeps the pods' own grace).
         collections = [("apps/v1", "Deployment", selector_workload)]
-        if self.disposable:
+        if self.hooks.disposable:
             # Every ReplicaSet and pod of the session's namespace: an applied manifest's too.
             collections += [("apps/v1", "ReplicaSet", ""), ("v1", "Pod", "")]
         collections.append(("v1", "Service", selector_workload))
-        if not self.disposable:
+        if not self.hooks.disposable:
             collections += [
                 ("v1", "Service", selector_background),
                 ("discovery.k8s.io/v1", "EndpointSlice", selector_background),
@@ -827,7 +783,7 @@ class KubeCluster:
                 grace_period_seconds=0 if kind == "Pod" else None,
             )
         # Services still there but for the background ones kept for the next test.
-        remaining = f"{resources.ROLE_LABEL}!=background" if self.disposable else None
+        remaining = f"{resources.ROLE_LABEL}!=background" if self.hooks.disposable else None
         while now() < deadline:
             items, _ = self.api.list_items(
                 "v1", "Service", self.namespace, label_selector=remaining
@@ -835,7 +791,7 @@ class KubeCluster:
             if not items:
                 break
             time.sleep(0.5)
-        if self._settle is not None:
+        if self.hooks.settle is not None:
             # Every pod gone (their grace periods over: an applied manifest's too) and the
             # dataplane caught up with the deletions: the next test's window must not measure
             # this one's cleanup.
@@ -844,7 +800,7 @@ class KubeCluster:
                 if not pods:
                     break
                 time.sleep(0.2)
-            self._settle(max(1.0, deadline - now()))
+            self.hooks.settle(max(1.0, deadline - now()))
         with self._lock:
             self._services.clear()
             self._background = 0
@@ -852,8 +808,8 @@ class KubeCluster:
         self._restart_window()
 
     def _settle_and_restart_window(self) -> None:
-        if self._settle is not None:
-            self._settle(self.timeout)
+        if self.hooks.settle is not None:
+            self.hooks.settle(self.timeout)
         self._restart_window()
 
     def _restart_window(self) -> None:

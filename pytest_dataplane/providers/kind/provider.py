@@ -16,6 +16,7 @@ from ..k8s.api import KubeApi
 from ..k8s.cilium import cilium_cli
 from ..k8s.cluster import KubeCluster
 from ..k8s.dataplane import DataplanePods
+from ..k8s.hooks import ClusterHooks
 from ..k8s.traffic import NodePortPath
 from ..k8s.versions import Version
 from .cluster import KindClusterSetup
@@ -195,9 +196,9 @@ class KindProvider:
                 dataplane, cilium_cli(self.settings.cilium_version)
             ),
             node_access=DockerNodes(self.tools.docker, names),
-            hubble=self.settings.hubble,
             facts=facts,
             on_close=close,
+            hooks=ClusterHooks(hubble=self.settings.hubble),
         )
 
     def close(self) -> None:

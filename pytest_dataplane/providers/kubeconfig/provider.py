@@ -18,6 +18,7 @@ from ..k8s.api import KubeApi, NotFound
 from ..k8s.cilium import cilium_cli
 from ..k8s.cluster import KubeCluster
 from ..k8s.dataplane import DataplanePods
+from ..k8s.hooks import ClusterHooks
 from ..k8s.resources import AGNHOST_IMAGE
 from ..k8s.traffic import LoadBalancerPath, NodePortPath, TrafficPath
 from ..k8s.versions import Version
@@ -267,9 +268,11 @@ class KubeconfigProvider:
             dataplane_pods=DataplanePods.for_dataplane(dataplane, cli),
             node_access=agent,
             node_access_reason=self._node_access_problem or NODE_ACCESS_HINT,
-            background_refusal=None if self.allow_background else BACKGROUND_REFUSAL,
-            restrict_apply_to_namespace=True,
             facts=facts,
+            hooks=ClusterHooks(
+                background_refusal=None if self.allow_background else BACKGROUND_REFUSAL,
+                restrict_apply_to_namespace=True,
+            ),
         )
         with self._lock:
             self._clusters.append(cluster)

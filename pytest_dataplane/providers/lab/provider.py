@@ -113,6 +113,7 @@ class LabProvider:
         from ..k8s.api import KubernetesApi
         from ..k8s.cluster import KubeCluster
         from ..k8s.dataplane import DataplanePods
+        from ..k8s.hooks import ClusterHooks
         from .kube import access
         from .kube.lab import KubeLab
 
@@ -152,25 +153,27 @@ class LabProvider:
                 traffic=traffic,
                 dataplane_pods=DataplanePods.for_dataplane(dataplane),
                 node_access=access.LabNodes(lab),
-                backend="lab",
-                cpu_source=access.LabCpuSource(lab),
-                programming=(
-                    access.EbpfProgramming(lab, namespace) if dataplane == "ebpf" else None
-                ),
-                service_map=(lambda: access.ebpf_service_entries(lab))
-                if dataplane == "ebpf"
-                else None,
-                diagnostics=lambda since: access.dataplane_logs(lab),
-                settle=lambda timeout: access.wait_settled(
-                    lab, timeout=timeout, cluster_ips=lambda: access.service_ips(api)
-                ),
-                proxy_histogram=dataplane != "ebpf",
-                handle=lab,
-                nodes_run_kubelet=False,  # the node agent writes no rules
                 facts=self._kube_facts(dataplane, lab),
                 on_close=_closer(lab, api, traffic),
-                # The lab is discarded at close: background services stay between tests.
-                disposable=True,
+                hooks=ClusterHooks(
+                    backend="lab",
+                    cpu_source=access.LabCpuSource(lab),
+                    programming=(
+                        access.EbpfProgramming(lab, namespace) if dataplane == "ebpf" else None
+                    ),
+                    proxy_histogram=dataplane != "ebpf",
+                    service_map=(lambda: access.ebpf_service_entries(lab))
+                    if dataplane == "ebpf"
+                    else None,
+                    nodes_run_kubelet=False,  # the node agent writes no rules
+                    diagnostics=lambda since: access.dataplane_logs(lab),
+                    settle=lambda timeout: access.wait_settled(
+                        lab, timeout=timeout, cluster_ips=lambda: access.service_ips(api)
+                    ),
+                    # The lab is discarded at close: background services stay between tests.
+                    disposable=True,
+                    handle=lab,
+                ),
             )
         except BaseException:
             if traffic is not None:
