@@ -193,7 +193,8 @@ class Agent:
                 return
         worker.post("gone" if kind == "DELETED" else "pod", pod)
 
-    def _worker_done(self, worker: PodWorker) -> None:
+    def worker_done(self, worker: PodWorker) -> None:
+        """Forget a pod worker whose thread ends (its pod is not taken up again)."""
         with self.lock:
             self.workers.pop(worker.uid, None)
             self.finished.add(worker.uid)

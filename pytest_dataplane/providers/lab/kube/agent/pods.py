@@ -127,7 +127,7 @@ class PodWorker:
             self._kill_all(signal.SIGKILL)
             self._remove_sandbox()
         finally:
-            self.agent._worker_done(self)
+            self.agent.worker_done(self)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
