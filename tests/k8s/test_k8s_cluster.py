@@ -367,6 +367,31 @@ def test_every_measurement_sees_no_kept_background_services(
     assert _background(api) == ([], [])
 
 
+def test_background_services_of_a_failed_creation_are_deleted_not_handed_on(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, api, _ = reusing
+    created = 0
+
+    def fail_on_the_fifth(api: MemoryApi, verb: str, obj: dict[str, Any]) -> None:
+        nonlocal created
+        if verb == "create" and obj["kind"] == "Service":
+            created += 1
+            if created == 5:
+                raise DataplaneError("the API server went away")
+
+    api.reactors.append(fail_on_the_fifth)
+    with pytest.raises(DataplaneError, match="went away"):
+        cluster.add_background_services(8, endpoints=1)
+    api.reactors.remove(fail_on_the_fifth)
+    cluster.reset()
+    assert _background(api)[0]  # some were made; kept until the next first use...
+    cluster.add_background_services(3, endpoints=1)
+    # ...which deletes them all and starts afresh, with no name taken twice
+    assert cluster.events[-1].detail["reused"] == 0
+    assert _background(api)[0] == [f"dpt-bg-0000{i}" for i in range(3)]
+
+
 def test_background_services_of_mixed_shapes_are_not_kept(
     reusing: tuple[KubeCluster, MemoryApi, list[float]],
 ) -> None:

@@ -358,9 +358,17 @@ class KubeCluster:
                 resources.background_slice(name, self.namespace, mine, session=self.session)
             )
 
-        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="dataplane-bg") as pool:
-            for future in [pool.submit(create, i) for i in range(missing)]:
-                future.result()
+        try:
+            with ThreadPoolExecutor(max_workers=16, thread_name_prefix="dataplane-bg") as pool:
+                for future in [pool.submit(create, i) for i in range(missing)]:
+                    future.result()
+        except BaseException:
+            with self._lock:
+                # Some of them exist: none is handed to the next test, whose first use of
+                # the cluster deletes them all.
+                self._background = start + missing
+                self._background_endpoints = -1
+            raise
         with self._lock:
             mixed = self._background and self._background_endpoints != endpoints
             self._background += missing
@@ -389,6 +397,8 @@ class KubeCluster:
         adopted = min(count, parked)
         if adopted < parked:
             self._delete_background(range(adopted, parked))
+            with self._lock:
+                self._parked = adopted
             self._settle_and_restart_window()
         with self._lock:
             self._parked = 0
@@ -401,7 +411,7 @@ class KubeCluster:
         cluster in any other way, and start its measurement window once the dataplane has
         caught up: nothing this test measures sees them."""
         with self._lock:
-            parked, self._parked = self._parked, 0
+            parked = self._parked
         if not parked:
             return
         started = now()
@@ -409,6 +419,8 @@ class KubeCluster:
         selector = f"{resources.ROLE_LABEL}=background"
         self._delete_all("v1", "Service", selector, deadline)
         self._delete_all("discovery.k8s.io/v1", "EndpointSlice", selector, deadline)
+        with self._lock:
+            self._parked = 0  # only now: a failed deletion is tried again by the next use
         self._settle_and_restart_window()
         log.info(
             "%s: %d background services of an earlier test deleted in %.1f s",
