@@ -116,6 +116,7 @@ class LabProvider:
         from ..k8s.hooks import ClusterHooks
         from .kube import access
         from .kube.lab import KubeLab
+        from .kube.nftmon import NftProgramming
 
         if dataplane not in ("iptables", "nftables", "ebpf"):
             raise DataplaneUnavailable(IPVS_REFUSAL)
@@ -137,12 +138,21 @@ class LabProvider:
         lab.start()
         api = KubernetesApi(kubeconfig=str(lab.kubeconfig))
         traffic: access.LabTrafficPath | None = None
+        programming: Any = None
         try:
             namespace = f"dpt-{session.prefix}"
             api.create(resources.namespace(namespace, session.prefix))
             traffic = access.LabTrafficPath(
                 lab, prober_cgroup=None if lab.cgroup is None else lab.cgroup / "client-prober"
             )
+            if dataplane == "ebpf":
+                programming = access.EbpfProgramming(lab, namespace)
+            elif dataplane == "nftables":
+                programming = NftProgramming(
+                    {name: lab.node_netns(i) for i, name in enumerate(lab.node_names)},
+                    namespace,
+                    None if lab.cgroup is None else lab.cgroup / "nft-monitor",
+                )
             cluster = KubeCluster(
                 api=api,
                 provider="lab",
@@ -154,13 +164,11 @@ class LabProvider:
                 dataplane_pods=DataplanePods.for_dataplane(dataplane),
                 node_access=access.LabNodes(lab),
                 facts=self._kube_facts(dataplane, lab),
-                on_close=_closer(lab, api, traffic),
+                on_close=_closer(lab, api, traffic, programming),
                 hooks=ClusterHooks(
                     backend="lab",
                     cpu_source=access.LabCpuSource(lab),
-                    programming=(
-                        access.EbpfProgramming(lab, namespace) if dataplane == "ebpf" else None
-                    ),
+                    programming=programming,
                     proxy_histogram=dataplane != "ebpf",
                     service_map=(lambda: access.ebpf_service_entries(lab))
                     if dataplane == "ebpf"
@@ -176,6 +184,8 @@ class LabProvider:
                 ),
             )
         except BaseException:
+            if programming is not None and hasattr(programming, "close"):
+                programming.close()
             if traffic is not None:
                 traffic.close()
             api.close()
@@ -215,7 +225,9 @@ class LabProvider:
         errors = []
         for cluster in clusters:
             try:
-                cluster.close()
+                # A KubeCluster closes its lab; a lab whose cluster was never made stops.
+                stop = cluster.close if hasattr(cluster, "close") else cluster.stop
+                stop()
             except Exception as exc:  # keep closing the others
                 errors.append(str(exc))
         if session is not None:
@@ -227,11 +239,12 @@ class LabProvider:
             raise DataplaneError("; ".join(errors))
 
 
-def _closer(lab: Any, api: Any, traffic: Any) -> Callable[[], None]:
+def _closer(lab: Any, api: Any, traffic: Any, programming: Any = None) -> Callable[[], None]:
     def close() -> None:
         # Every step runs whatever the one before did; the lab's stop() removes it all.
         problems: list[str] = []
         for what, step in (
+            ("nft monitor", getattr(programming, "close", None) or (lambda: None)),
             ("client prober", traffic.close),
             ("API client", api.close),
             ("lab cluster", lab.stop),
