@@ -17,10 +17,11 @@ took is printed. At each count it measures, in one run on this machine:
   rate and a backend answering at once, so the dataplane's per-connection cost is what
   differs; at the first count, the same load straight to a pod IP is the reference row
   ("direct"), the floor no dataplane can beat;
-* network-programming latency (p50/p95) during a rollout (surge 1) under that load:
-  kube-proxy's own ``kubeproxy_network_programming_duration_seconds`` (the Kubernetes SLI; a
-  histogram, so each figure is its bucket's upper bound), or on ebpf the lab controller's
-  exact record of each change (``cluster.programming_latencies()`` either way);
+* network-programming latency (p50/p95) during a rollout (surge 1) under that load, from
+  ``cluster.programming_latencies()``: kube-proxy's own
+  ``kubeproxy_network_programming_duration_seconds`` (the Kubernetes SLI; a histogram, so each
+  figure is its bucket's upper bound) or the lab's per-change figures (the eBPF controller's
+  record of each change); each row names its source;
 * dataplane CPU per endpoint change in that rollout (``cluster.cpu_seconds()``: kube-proxy's
   cgroup with the iptables-restore / nft it runs, or the eBPF controller's cgroup);
 * kube-proxy's full sync: one is forced by changing the node's topology-zone label (kube-proxy
@@ -302,11 +303,12 @@ def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row
             row.errors += during.result.errors
             row.saturated = row.saturated or during.result.saturated
             after_prog = cluster.programming_latencies()
-            if lab.runs_kube_proxy:
+            if cluster.latency_source == "kube-proxy histogram":
                 new = _new_observations(before_prog, after_prog)
             else:
                 # One figure per change, in the order the changes were seen.
                 new = after_prog[before_prog.size :]
+            row.notes.append(f"prog: {cluster.latency_source}")
             row.changes = new.size
             row.prog_p50, row.prog_p95 = _percentiles(new)
             row.cpu_p50, row.cpu_p95 = _percentiles(
@@ -407,9 +409,9 @@ def main() -> int:
             f"{' '.join(f'{x:.1f}' for x in r.load):>14}{flag}{notes}"
         )
     print(
-        "\nprog: kube-proxy's network_programming_duration_seconds (bucket upper bounds) or the "
-        "eBPF controller's per-change record; full sync: kube-proxy's own figure for a sync "
-        "forced by a node topology-label change"
+        "\nprog: the cluster's programming-latency source (in each row's notes; kube-proxy "
+        "histogram: network_programming_duration_seconds, bucket upper bounds); full sync: "
+        "kube-proxy's own figure (IPv4) for a sync forced by a node topology-label change"
     )
     ebpf = {r.services: r for r in rows if r.dataplane == "ebpf"}
     print("\nratios to ebpf at the same service count (>1: slower / costlier than ebpf)")
