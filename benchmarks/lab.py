@@ -218,7 +218,10 @@ def wait_programmed(cluster: Any, service: Any) -> None:
 
 
 def wait_background(cluster: Any, services: int) -> None:
-    """Wait until the dataplane has programmed ``services`` services (besides the API's own)."""
+    """Wait until the dataplane caught up with the background services: kube-proxy has
+    nothing pending; the eBPF maps hold at least ``services`` services (the API server's own
+    ``kubernetes`` service counts too, so this may end one service early: the measurement
+    waits for its own service's endpoints anyway)."""
     lab = cluster.handle
     if lab.runs_kube_proxy:
         wait_settled(lab, timeout=SETTLE_TIMEOUT)
