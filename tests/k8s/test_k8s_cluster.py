@@ -679,3 +679,15 @@ def test_fingerprint(iptables: tuple[KubeCluster, MemoryApi, FakeNodes]) -> None
         "programming_latency_source": "kube-proxy histogram",
         "kubernetes": "v1.31.2",
     }
+
+
+def test_new_background_services_are_programmed_before_add_returns(
+    reusing: tuple[KubeCluster, MemoryApi, list[float]],
+) -> None:
+    cluster, _, settled = reusing
+    cluster.add_background_services(3, endpoints=1)
+    assert len(settled) == 1  # the dataplane caught up with the 3 new services
+    cluster.reset()
+    settles = len(settled)
+    cluster.add_background_services(3, endpoints=1)  # all taken over: nothing new to program
+    assert len(settled) == settles

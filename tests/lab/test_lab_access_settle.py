@@ -52,6 +52,22 @@ def service(name: str, ip: str) -> dict[str, object]:
     }
 
 
+def endpoints(name: str, *ready: bool | None) -> dict[str, object]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-x",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "endpoints": [
+            {"addresses": [f"10.1.0.{i}"], "conditions": {} if r is None else {"ready": r}}
+            for i, r in enumerate(ready)
+        ],
+    }
+
+
 def test_ebpf_settles_once_the_maps_hold_only_existing_services() -> None:
     api = MemoryApi()
     api.add(service("kubernetes", "10.96.0.1"))
@@ -62,11 +78,34 @@ def test_ebpf_settles_once_the_maps_hold_only_existing_services() -> None:
 
 def test_ebpf_that_never_catches_up_is_an_error_naming_the_addresses() -> None:
     lab = EbpfLab(["10.96.0.9"])
-    with pytest.raises(DataplaneError, match=r"1 deleted services .*10\.96\.0\.9"):
-        access.wait_settled(lab, timeout=0.05, poll=0.01, cluster_ips=set)
+    nothing = access.ServiceAddresses(frozenset(), frozenset())
+    with pytest.raises(DataplaneError, match=r"serves 1 deleted services .*10\.96\.0\.9"):
+        access.wait_settled(lab, timeout=0.05, poll=0.01, cluster_ips=lambda: nothing)
 
 
-def test_headless_services_have_no_cluster_ip() -> None:
+def test_ebpf_settles_once_the_maps_hold_every_service_with_ready_endpoints() -> None:
     api = MemoryApi()
-    api.add(service("a", "10.96.0.2"), service("headless", "None"))
-    assert access.service_ips(api) == {"10.96.0.2"}
+    api.add(service("kubernetes", "10.96.0.1"), endpoints("kubernetes", True))
+    api.add(service("new", "10.96.0.5"), endpoints("new", None, False))
+    lab = EbpfLab(["10.96.0.1"])  # the controller has not programmed "new" yet
+    with pytest.raises(DataplaneError, match=r"misses 1 services .*10\.96\.0\.5"):
+        access.wait_settled(
+            lab, timeout=0.05, poll=0.01, cluster_ips=lambda: access.service_ips(api)
+        )
+    lab.vips.append("10.96.0.5")
+    access.wait_settled(lab, timeout=1, poll=0, cluster_ips=lambda: access.service_ips(api))
+
+
+def test_service_addresses() -> None:
+    api = MemoryApi()
+    api.add(
+        service("a", "10.96.0.2"),
+        endpoints("a", False, True),
+        service("headless", "None"),
+        service("none-ready", "10.96.0.3"),
+        endpoints("none-ready", False),
+        service("no-slice", "10.96.0.4"),
+    )
+    found = access.service_ips(api)
+    assert found.existing == {"10.96.0.2", "10.96.0.3", "10.96.0.4"}
+    assert found.ready == {"10.96.0.2"}

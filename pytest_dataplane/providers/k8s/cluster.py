@@ -369,6 +369,10 @@ class KubeCluster:
                 self._background = start + missing
                 self._background_endpoints = -1
             raise
+        if missing and self.hooks.settle is not None:
+            # The busy cluster the test asked for is there once the dataplane has them all:
+            # what the test does next (a rollout under load) must not race their programming.
+            self.hooks.settle(self.timeout)
         with self._lock:
             mixed = self._background and self._background_endpoints != endpoints
             self._background += missing

@@ -28,7 +28,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -481,12 +482,14 @@ def wait_settled(
     *,
     timeout: float,
     poll: float = 0.1,
-    cluster_ips: Callable[[], set[str]] | None = None,
+    cluster_ips: Callable[[], ServiceAddresses] | None = None,
 ) -> None:
-    """Wait until the dataplane has caught up with the changes it received (the cleanup of
-    one test must not be measured in the next): every node's kube-proxy has synced what it
-    queued; on ebpf, where ``cluster_ips()`` gives the cluster IPs of the Services that
-    exist, the controller's maps hold no other address (deletions are what a cleanup makes).
+    """Wait until the dataplane has caught up with the changes it received (one test's
+    cleanup must not be measured in the next; a rollout must not start while thousands of
+    new background services are still being programmed): every node's kube-proxy has synced
+    what it queued; on ebpf, where ``cluster_ips()`` says which Services exist and which of
+    them have ready endpoints, the controller's maps hold every one of the latter and no
+    address of a Service that is gone.
     """
     import time
 
@@ -495,13 +498,17 @@ def wait_settled(
         if cluster_ips is None:
             return
         while True:
-            stale = {vip for vip, _, _ in lab.ebpf_programmed()} - cluster_ips()
-            if not stale:
+            programmed = {vip for vip, _, _ in lab.ebpf_programmed()}
+            wanted = cluster_ips()
+            stale = programmed - wanted.existing
+            missing = wanted.ready - programmed
+            if not stale and not missing:
                 return
             if time.monotonic() > deadline:
                 raise DataplaneError(
-                    f"the eBPF controller still serves {len(stale)} deleted services "
-                    f"{timeout:g} s after their deletion (e.g. {sorted(stale)[:3]})"
+                    f"the eBPF controller did not catch up in {timeout:g} s: it serves "
+                    f"{len(stale)} deleted services (e.g. {sorted(stale)[:3]}) and misses "
+                    f"{len(missing)} services with ready endpoints (e.g. {sorted(missing)[:3]})"
                 )
             time.sleep(poll)
     for index, node in enumerate(lab.node_names):
@@ -513,16 +520,45 @@ def wait_settled(
             time.sleep(poll)
 
 
-def service_ips(api: Any) -> set[str]:
-    """The cluster IPs of every Service of the cluster (``api``: a KubeApi)."""
-    items, _ = api.list_items("v1", "Service", None)
-    addresses: set[str] = set()
-    for item in items:
-        spec = item.get("spec") or {}
-        addresses.update(str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None")
-        if spec.get("clusterIP") and spec["clusterIP"] != "None":
-            addresses.add(str(spec["clusterIP"]))
-    return addresses
+@dataclass(frozen=True)
+class ServiceAddresses:
+    """Cluster IPs of the cluster's Services: all of them, and those with a ready endpoint."""
+
+    existing: frozenset[str]
+    ready: frozenset[str]
+
+
+def _cluster_ips(spec: Mapping[str, Any]) -> set[str]:
+    found = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
+    if spec.get("clusterIP") and spec["clusterIP"] != "None":
+        found.add(str(spec["clusterIP"]))
+    return found
+
+
+def service_ips(api: Any) -> ServiceAddresses:
+    """:class:`ServiceAddresses` of the cluster (``api``: a KubeApi), from one list of its
+    Services and one of its EndpointSlices."""
+    services, _ = api.list_items("v1", "Service", None)
+    slices, _ = api.list_items("discovery.k8s.io/v1", "EndpointSlice", None)
+    with_ready = set()
+    for item in slices:
+        meta = item.get("metadata") or {}
+        name = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        # An endpoint without a ready condition counts as ready (the API's own rule).
+        if name and any(
+            (e.get("conditions") or {}).get("ready") is not False
+            for e in item.get("endpoints") or []
+        ):
+            with_ready.add((meta.get("namespace"), name))
+    existing: set[str] = set()
+    ready: set[str] = set()
+    for item in services:
+        meta = item.get("metadata") or {}
+        addresses = _cluster_ips(item.get("spec") or {})
+        existing |= addresses
+        if (meta.get("namespace"), meta.get("name")) in with_ready:
+            ready |= addresses
+    return ServiceAddresses(frozenset(existing), frozenset(ready))
 
 
 def dataplane_logs(lab: LabView, lines: int = 60) -> list[tuple[str, str]]:
