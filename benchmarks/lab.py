@@ -271,9 +271,9 @@ def measure(label: str, counts: list[int], args: argparse.Namespace) -> list[Row
                 background += missing
                 wait_background(cluster, background + 1)
                 print(
-                    f"# {label}: {missing} background services created in {row.created:.1f} s "
-                    f"({missing / row.created:.0f}/s), programmed after "
-                    f"{time.monotonic() - began:.1f} s",
+                    f"# {label}: {missing} background services added in {row.created:.1f} s "
+                    f"({missing / row.created:.0f}/s; add_background_services returns once the "
+                    f"dataplane has them), all programmed after {time.monotonic() - began:.1f} s",
                     flush=True,
                 )
             row.load = os.getloadavg()
