@@ -9,6 +9,13 @@ Node-level numbers (rules, CPU, kube-proxy's histogram) need the provider's
 :class:`~.nodes.NodeAccess`. A provider that knows more than the API tells (the lab: its own
 processes' cgroups, its eBPF controller's exact programming records, its backend's service
 times) plugs that in through one :class:`~.hooks.ClusterHooks`.
+
+Why one module of some 900 lines: it is one class, :class:`KubeCluster`, whose parts
+(workloads, background services and their hand-over between tests, measurements, reset) share
+its state under one lock: the events, the services, the measurement window and the kept
+background services. What needs no such state lives beside it (``resources``: the objects;
+``watch``: the EndpointSlice tracker; ``nodes``, ``dataplane``, ``metrics``, ``probe``:
+the readings; ``hooks``: what providers plug in).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ where ``<key>`` hashes what decides the binary (go.mod, go.sum, the Go sources, 
 flags); the directory also holds a link named after each component. :func:`locate` only
 looks; :func:`build` (``python -m pytest_dataplane kube build``) is the only thing that runs
 the Go toolchain, and it downloads modules only through the ordinary ``go`` command.
+
+Why one module of some 500 lines: locating, checking and building are one cache with one key;
+half of the module is the build's error handling (no Go, an old Go, a failed download), each
+case with the message a user needs.
 """
 
 from __future__ import annotations

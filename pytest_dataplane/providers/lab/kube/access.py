@@ -14,7 +14,13 @@ with these in place of what kind and an existing cluster use:
 - :class:`LabCpuSource`: the dataplane's CPU from the cgroups of its processes (kube-proxy
   with the iptables-restore / nft it runs, or the eBPF controller);
 - :class:`EbpfProgramming`: the eBPF controller's exact record of every endpoint change it
-  programmed.
+  programmed;
+- :func:`wait_settled`: whether the dataplane has caught up with the API.
+
+Why one module of some 570 lines: each of these is one hook of ``ClusterHooks`` over the same
+small view of the lab (:class:`LabView`), and the largest, the client prober, is a process
+with its own lifecycle; nftables' programming source, which runs processes of its own, is
+:mod:`.nftmon`.
 """
 
 from __future__ import annotations
