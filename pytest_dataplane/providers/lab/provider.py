@@ -118,7 +118,7 @@ class LabProvider:
         from .kube.lab import KubeLab
         from .kube.nftmon import NftProgramming
 
-        if dataplane not in ("iptables", "nftables", "ebpf"):
+        if plan.check_dataplane(dataplane) == "ipvs":
             raise DataplaneUnavailable(IPVS_REFUSAL)
         session = self._ensure_session()
         tag = _TAGS[dataplane]

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ....config import DATAPLANES as PLUGIN_DATAPLANES
 from ....errors import DataplaneError
 
 MAX_NODES = 200
@@ -40,7 +41,8 @@ SCHEDULER_PORT = 10259
 PROXY_METRICS = "127.0.0.1:10249"
 PROXY_HEALTHZ = "127.0.0.1:10256"
 CLIENT_GATEWAY = "169.254.1.1"
-DATAPLANES = ("iptables", "nftables", "ipvs", "ebpf")
+# The lab boots every dataplane the plugin knows (ipvs only where the kernel has IP_VS).
+DATAPLANES = PLUGIN_DATAPLANES
 # kube-proxy's modes per lab dataplane; ebpf runs no kube-proxy.
 PROXY_MODES = {"iptables": "iptables", "nftables": "nftables", "ipvs": "ipvs"}
 # "auto": the backend the machine's own `iptables` is (its --version says nf_tables or legacy).
