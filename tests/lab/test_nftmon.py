@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pytest_dataplane.providers.lab.kube.nftmon import (
+    Change,
     RuleHistory,
+    change_latencies,
     parse_monitor_line,
     service_port_of,
 )
@@ -77,3 +81,41 @@ def test_a_removed_endpoint_is_programmed_when_a_rule_without_it_is_committed() 
     assert rules.programmed("node0", SERVICE, "10.100.0.2:8080", present=False, since=11.0) == 12.0
     # the last delete, with no add after it, is the chain left without endpoints
     assert rules.programmed("node0", SERVICE, "10.100.0.3:8080", present=False, since=13.0) == 15.0
+
+
+def rule(*endpoints: str) -> str:
+    """A monitor line of the backend's service rule with these endpoints."""
+    entries = [
+        [i, {"concat": [e.split(":")[0], int(e.split(":")[1])]}] for i, e in enumerate(endpoints)
+    ]
+    dnat = {
+        "family": "ip",
+        "addr": {"map": {"key": {"numgen": {"mode": "random"}}, "data": {"set": entries}}},
+    }
+    return json.dumps(
+        {"add": {"rule": {"table": "kube-proxy", "chain": CHAIN, "expr": [{"dnat": dnat}]}}}
+    )
+
+
+def test_a_change_kube_proxy_coalesced_away_is_left_out() -> None:
+    # Recorded on the lab (2,000 background services): .5 was added by a scale-up and removed
+    # by the rollout before any sync had it; the rule went from .2-.4 to .2, .4, .8-.10.
+    rules = history(
+        [100.0, 103.0],
+        [
+            rule("10.75.0.2:80", "10.75.0.3:80", "10.75.0.4:80"),
+            rule("10.75.0.2:80", "10.75.0.4:80", "10.75.0.8:80"),
+        ],
+    )
+    changes = [
+        Change(SERVICE, "10.75.0.5:80", True, 101.5),  # added: never committed
+        Change(SERVICE, "10.75.0.8:80", True, 102.0),  # added: committed at 103.0
+        Change(SERVICE, "10.75.0.5:80", False, 102.2),  # removed: out of the rule at 103.0
+        Change(SERVICE, "10.75.0.3:80", False, 102.5),  # removed: committed at 103.0
+    ]
+    assert change_latencies(rules, ["node0"], changes, now_wall=110.0) == pytest.approx(
+        [1.0, 0.8, 0.5]
+    )
+    # Not superseded and not committed: the time since it was seen, a lower bound.
+    waiting = [Change(SERVICE, "10.75.0.9:80", True, 104.0)]
+    assert change_latencies(rules, ["node0"], waiting, now_wall=110.0) == [6.0]

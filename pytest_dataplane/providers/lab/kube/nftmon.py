@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ from ....events import Event, now
 from .. import _proc
 from .process import child_setup
 
-__all__ = ["NftProgramming", "RuleHistory", "parse_monitor_line"]
+__all__ = ["Change", "NftProgramming", "RuleHistory", "change_latencies", "parse_monitor_line"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,60 @@ class RuleHistory:
         return min(times) if times else None
 
 
+@dataclass(frozen=True)
+class Change:
+    """An endpoint change as the test's watch saw it (``seen``: wall-clock seconds)."""
+
+    service: str  # ns/name
+    endpoint: str  # ip:port
+    present: bool  # added (True) or removed
+    seen: float
+
+
+def change_latencies(
+    history: RuleHistory, nodes: Sequence[str], changes: Sequence[Change], now_wall: float
+) -> list[float]:
+    """Per change (in the order seen) and node: seconds to the first commit that has the
+    endpoint in (added) or out of (removed) its service's rule.
+
+    A change no commit reflected before a later change of the same endpoint was committed
+    is left out: kube-proxy coalesced it (an endpoint added and removed again between two
+    syncs is never programmed), as its own SLI measures from the newest trigger time. A change
+    not committed yet, and not superseded, counts as the time since it was seen: a lower
+    bound, so that a dataplane that never programs it cannot pass.
+    """
+    result: list[float] = []
+    for i, change in enumerate(changes):
+        later = next(
+            (
+                c
+                for c in changes[i + 1 :]
+                if (c.service, c.endpoint) == (change.service, change.endpoint)
+            ),
+            None,
+        )
+        for node in nodes:
+            at = history.programmed(
+                node,
+                change.service,
+                change.endpoint,
+                present=change.present,
+                since=change.seen - _WATCH_SLACK,
+            )
+            if at is None and later is not None:
+                superseded = history.programmed(
+                    node,
+                    later.service,
+                    later.endpoint,
+                    present=later.present,
+                    since=later.seen - _WATCH_SLACK,
+                )
+                if superseded is not None:
+                    continue
+            result.append(max(0.0, (now_wall if at is None else at) - change.seen))
+    return result
+
+
 class NftProgramming:
     """:class:`~pytest_dataplane.providers.k8s.hooks.ProgrammingSource` for the lab's
     nftables mode: one ``nft -j monitor rules`` per node (see the module's docstring)."""
@@ -242,24 +297,18 @@ class NftProgramming:
 
     def latencies(self, changes: Sequence[Event]) -> list[float]:
         """Per change and node: seconds from the test's watch seeing it to kube-proxy's
-        commit of it; a change not committed yet counts as the time since it was seen (a
-        lower bound, so that a dataplane that never programs it cannot pass)."""
+        commit of it (see :func:`change_latencies`)."""
         offset = time.time() - now()  # monotonic event times to wall time
-        result: list[float] = []
-        for event in changes:
-            service = f"{self._namespace}/{event.detail.get('service')}"
-            endpoint = str(event.detail.get("endpoint"))
-            seen = event.time + offset
-            for node in self._nodes:
-                at = self.history.programmed(
-                    node,
-                    service,
-                    endpoint,
-                    present=event.name == "endpoint-added",
-                    since=seen - _WATCH_SLACK,
-                )
-                result.append(max(0.0, (time.time() if at is None else at) - seen))
-        return result
+        wanted = [
+            Change(
+                f"{self._namespace}/{event.detail.get('service')}",
+                str(event.detail.get("endpoint")),
+                event.name == "endpoint-added",
+                event.time + offset,
+            )
+            for event in changes
+        ]
+        return change_latencies(self.history, list(self._nodes), wanted, time.time())
 
     def close(self) -> None:
         """Stop every monitor and reap it."""
