@@ -10,6 +10,7 @@ import pytest
 
 from pytest_dataplane.providers.lab.kube.nftmon import (
     Change,
+    MonitorLostEvents,
     RuleHistory,
     change_latencies,
     parse_monitor_line,
@@ -119,3 +120,37 @@ def test_a_change_kube_proxy_coalesced_away_is_left_out() -> None:
     # Not superseded and not committed: the time since it was seen, a lower bound.
     waiting = [Change(SERVICE, "10.75.0.9:80", True, 104.0)]
     assert change_latencies(rules, ["node0"], waiting, now_wall=110.0) == [6.0]
+
+
+LOST = "# ERROR: We lost some netlink events!"
+
+
+def test_lost_events_make_the_changes_waiting_then_unknown() -> None:
+    # nft prints LOST (not JSON) when the kernel dropped events; the commit that had a change
+    # may be among them, so a later commit must not be reported as its time.
+    rules = history(
+        [100.0, 104.0, 106.0],
+        [
+            rule("10.75.0.2:80", "10.75.0.3:80"),
+            LOST,
+            rule("10.75.0.2:80", "10.75.0.3:80", "10.75.0.4:80"),
+        ],
+    )
+    assert rules.losses("node0") == [(100.0, 104.0)]
+    assert rules.losses("node1") == []
+    added = [Change(SERVICE, "10.75.0.4:80", True, 102.0)]
+    with pytest.raises(MonitorLostEvents, match=r"node0 lost kernel events.*10\.75\.0\.4:80"):
+        change_latencies(rules, ["node0"], added, now_wall=110.0)
+    # A change not committed yet is unknown too when events were lost after it was seen.
+    waiting = [Change(SERVICE, "10.75.0.9:80", True, 103.0)]
+    with pytest.raises(MonitorLostEvents):
+        change_latencies(rules, ["node0"], waiting, now_wall=110.0)
+    # A change seen after the loss, or committed before it, keeps its exact figure.
+    after = [Change(SERVICE, "10.75.0.4:80", True, 105.5)]
+    assert change_latencies(rules, ["node0"], after, now_wall=110.0) == pytest.approx([0.5])
+    before = history(
+        [100.0, 101.0, 104.0],
+        [rule("10.75.0.2:80"), rule("10.75.0.2:80", "10.75.0.4:80"), LOST],
+    )
+    early = [Change(SERVICE, "10.75.0.4:80", True, 100.8)]
+    assert change_latencies(before, ["node0"], early, now_wall=110.0) == pytest.approx([0.2])

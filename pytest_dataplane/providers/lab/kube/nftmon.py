@@ -11,6 +11,12 @@ without (removed) the endpoint, on every node.
 The monitor runs in the lab's own cgroup, not kube-proxy's, so its CPU is not counted as the
 dataplane's; it has a parent-death signal tied to its reader thread, which lives until
 :meth:`NftProgramming.close`.
+
+When kube-proxy commits more at once than the monitor's netlink buffer holds (nft asks for
+16 MiB; a full resync of a large ruleset can exceed it), the kernel drops events and the
+monitor says so on a line of its own. A change whose span of time holds such a loss has no
+exact figure (the commit that had it may be among the lost events): reading it raises
+:class:`MonitorLostEvents` instead of reporting a later commit as its time.
 """
 
 from __future__ import annotations
@@ -27,12 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ....errors import DataplaneError
+from ....errors import DataplaneError, DataplaneUnavailable
 from ....events import Event, now
 from .. import _proc
 from .process import child_setup
 
-__all__ = ["Change", "NftProgramming", "RuleHistory", "change_latencies", "parse_monitor_line"]
+__all__ = [
+    "Change",
+    "MonitorLostEvents",
+    "NftProgramming",
+    "RuleHistory",
+    "change_latencies",
+    "parse_monitor_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +117,15 @@ def service_port_of(chain: str) -> str:
     return "/".join(parts[:2])
 
 
+# What nft prints on a line of its own when the kernel dropped events (ENOBUFS) and it goes on.
+_LOST: Final = "# ERROR: We lost some netlink events"
+
+
+class MonitorLostEvents(DataplaneUnavailable):
+    """The monitor of a node lost kernel events while a change was waiting to be committed:
+    that change's exact programming latency is unknown."""
+
+
 # kube-proxy replaces a service's rule (delete, then add) in one transaction; a delete with
 # an add of the same chain this soon after it is that replacement, not a chain left empty.
 _REPLACEMENT: Final = 0.5
@@ -116,14 +138,30 @@ class RuleHistory:
         self._lock = threading.Lock()
         # (time, endpoints, deleted) per (node, chain), in the monitor's order
         self._states: dict[tuple[str, str], list[tuple[float, frozenset[str], bool]]] = {}
+        # Per node: spans (after the line before, up to the report) in which events were lost.
+        self._losses: dict[str, list[tuple[float, float]]] = {}
+        self._last: dict[str, float] = {}
 
     def add(self, node: str, line: str, at: float) -> None:
+        with self._lock:
+            previous = self._last.get(node, float("-inf"))
+            self._last[node] = at
+            if line.startswith(_LOST):
+                # Lost somewhere after the line read before this one.
+                self._losses.setdefault(node, []).append((previous, at))
+                log.warning("nft monitor on %s lost kernel events (netlink buffer full)", node)
+                return
         parsed = parse_monitor_line(line)
         if parsed is None:
             return
         verb, chain, endpoints = parsed
         with self._lock:
             self._states.setdefault((node, chain), []).append((at, endpoints, verb == "delete"))
+
+    def losses(self, node: str) -> list[tuple[float, float]]:
+        """The spans of time (start, end) in which ``node``'s monitor lost events."""
+        with self._lock:
+            return list(self._losses.get(node, ()))
 
     def programmed(
         self, node: str, service: str, endpoint: str, *, present: bool, since: float
@@ -170,6 +208,10 @@ def change_latencies(
     syncs is never programmed), as its own SLI measures from the newest trigger time. A change
     not committed yet, and not superseded, counts as the time since it was seen: a lower
     bound, so that a dataplane that never programs it cannot pass.
+
+    Raises :class:`MonitorLostEvents` when a node's monitor lost events between a change
+    being seen and the commit found for it (or now, when none is): the first commit that had
+    it may be among them.
     """
     result: list[float] = []
     for i, change in enumerate(changes):
@@ -189,6 +231,16 @@ def change_latencies(
                 present=change.present,
                 since=change.seen - _WATCH_SLACK,
             )
+            start, end = change.seen - _WATCH_SLACK, now_wall if at is None else at
+            lost = [span for span in history.losses(node) if span[1] >= start and span[0] < end]
+            if lost:
+                raise MonitorLostEvents(
+                    f"the nft monitor on {node} lost kernel events (its netlink buffer "
+                    f"overflowed) while the change of {change.endpoint} in {change.service} "
+                    f"was waiting to be committed: its programming latency is unknown "
+                    f"({len(lost)} loss(es), the first reported {lost[0][1] - change.seen:+.2f} s "
+                    "from the change)"
+                )
             if at is None and later is not None:
                 superseded = history.programmed(
                     node,
