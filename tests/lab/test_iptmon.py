@@ -1,0 +1,164 @@
+"""Exact programming latency of the lab's iptables mode on iptables-nft, from ``nft -a
+monitor`` lines (no root: the lines were recorded in a scratch namespace from kube-proxy-shaped
+``iptables-nft-restore`` transactions, see tests/data/README.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_dataplane.errors import DataplaneError
+from pytest_dataplane.providers.lab.kube.iptmon import (
+    Change,
+    MonitorLostEvents,
+    NatEvent,
+    NatRules,
+    Rule,
+    RuleHistory,
+    change_latencies,
+    parse_monitor_line,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+LINES = (DATA / "nft-monitor-iptables-nft.txt").read_text().splitlines()
+WEB, API = "ns1/web", "ns1/api"
+FRONTENDS = {WEB: [("10.96.0.10", 80)], API: [("10.96.0.20", 443)]}
+SVC_WEB = "KUBE-SVC-AAAAAAAAAAAAAAAA"
+
+
+def generation(line: str) -> int:
+    return int(line.split()[3])
+
+
+def replay(lines: list[str], node: str = "node0") -> RuleHistory:
+    """The recording fed to a history, each line read at 100 + the number of the generation it
+    belongs to (so a commit's time is 100 + its generation)."""
+    history = RuleHistory(lambda service: FRONTENDS.get(service, []))
+    upcoming = [generation(line) for line in lines if line.startswith("# new generation")]
+    for line in lines:
+        history.add(node, line + "\n", 100.0 + upcoming[0])
+        if line.startswith("# new generation"):
+            upcoming.pop(0)
+    return history
+
+
+def test_rules_of_the_service_chains_are_parsed() -> None:
+    by_text = {line: parse_monitor_line(line) for line in LINES}
+    services = next(line for line in LINES if "ip daddr 10.96.0.20" in line)
+    assert by_text[services] == NatEvent(
+        "add", "ip", "KUBE-SERVICES", 14, Rule("10.96.0.20", 443, SVC_WEB.replace("A", "B"))
+    )
+    # nft renders iptables-nft's rule position as a stray `handle 16` after the chain name:
+    # the rule's own handle is the trailing comment's.
+    stray = next(line for line in LINES if f"{SVC_WEB} handle 16 " in line)
+    assert by_text[stray] == NatEvent(
+        "add", "ip", SVC_WEB, 17, Rule(jump="KUBE-SEP-AAAAAAAAAAAAAAAA")
+    )
+    dnat = next(line for line in LINES if "dnat to 10.244.2.5:8443" in line)
+    assert by_text[dnat] == NatEvent(
+        "add", "ip", "KUBE-SEP-EEEEEEEEEEEEEEEE", 28, Rule(dnat="10.244.2.5:8443")
+    )
+    assert by_text["delete rule ip nat KUBE-SVC-AAAAAAAAAAAAAAAA handle 16"] == NatEvent(
+        "delete", "ip", SVC_WEB, 16
+    )
+    assert by_text["delete chain ip nat KUBE-SEP-CCCCCCCCCCCCCCCC"] == NatEvent(
+        "delete-chain", "ip", "KUBE-SEP-CCCCCCCCCCCCCCCC"
+    )
+    assert by_text["# new generation 6 by process 15769 (iptables-nft-re)"] == NatEvent("commit")
+    assert parse_monitor_line("# ERROR: We lost some netlink events!") == NatEvent("lost")
+
+
+def test_lines_outside_the_service_chains_are_skipped() -> None:
+    skipped = [
+        "add table ip pytest_dataplane_probe # handle 1",
+        "create chain ip nat KUBE-SEP-AAAAAAAAAAAAAAAA # handle 9",
+        next(line for line in LINES if line.startswith("add rule ip nat KUBE-MARK-MASQ")),
+        next(line for line in LINES if line.startswith("add rule ip filter KUBE-SERVICES")),
+        "delete rule ip nat KUBE-POSTROUTING handle 5",
+        "",
+    ]
+    for line in skipped:
+        assert line in LINES or not line  # recorded lines, not made up
+        assert parse_monitor_line(line) is None, line
+
+
+def test_the_first_commit_gives_each_cluster_ip_its_endpoints() -> None:
+    rules = NatRules()
+    first = LINES[: LINES.index(next(line for line in LINES if "generation 5 " in line))]
+    for line in first:
+        event = parse_monitor_line(line)
+        if event is not None and event.verb not in ("commit", "lost"):
+            rules.apply(event)
+    # The KUBE-MARK-MASQ jump of web's chain and the SEP chains' masquerade rules add nothing.
+    assert rules.endpoints() == {
+        ("10.96.0.10", 80): frozenset({"10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080"}),
+        ("10.96.0.20", 443): frozenset({"10.244.2.5:8443"}),
+    }
+
+
+def test_each_change_is_programmed_at_its_commit() -> None:
+    history = replay(LINES)
+    # generation 5: the first restore; 6: web drops .4 (its SEP chain deleted); 8: api loses
+    # its last endpoint (only its KUBE-SERVICES jump is gone); 10: web gains .6.
+    assert history.programmed("node0", WEB, "10.244.1.4:8080", present=True, since=0) == 105.0
+    assert history.programmed("node0", WEB, "10.244.1.4:8080", present=False, since=0) == 106.0
+    assert history.programmed("node0", API, "10.244.2.5:8443", present=False, since=0) == 108.0
+    assert history.programmed("node0", WEB, "10.244.1.6:8080", present=True, since=0) == 110.0
+    # kube-proxy flushes web's chains and refills them in one transaction (generations 6 and
+    # 10): read at commits only, .2 is never out of web.
+    assert history.programmed("node0", WEB, "10.244.1.2:8080", present=False, since=0) is None
+    # not before the change's time, not on another node
+    assert history.programmed("node0", WEB, "10.244.1.4:8080", present=True, since=105.5) is None
+    assert history.programmed("node1", WEB, "10.244.1.6:8080", present=True, since=0) is None
+
+
+def test_change_latencies_over_the_recording() -> None:
+    history = replay(LINES)
+    changes = [
+        Change(WEB, "10.244.1.4:8080", False, 105.7),  # committed at 106
+        Change(API, "10.244.2.5:8443", False, 107.5),  # committed at 108
+        Change(WEB, "10.244.1.6:8080", True, 109.0),  # committed at 110
+        Change(WEB, "10.244.1.9:8080", True, 111.0),  # never committed: a lower bound
+    ]
+    assert change_latencies(history, ["node0"], changes, now_wall=115.0) == pytest.approx(
+        [0.3, 0.5, 1.0, 4.0]
+    )
+
+
+def test_lost_events_spoil_every_change_from_then_on() -> None:
+    # Generations up to 8, then a loss, then generation 10's lines.
+    cut = LINES.index(next(line for line in LINES if "generation 8 " in line)) + 1
+    lines = [*LINES[:cut], "# ERROR: We lost some netlink events!", *LINES[cut:]]
+    history = replay(lines)
+    assert history.losses("node0") == [(108.0, float("inf"))]
+    # committed before the loss: exact
+    early = [Change(WEB, "10.244.1.4:8080", False, 105.7)]
+    assert change_latencies(history, ["node0"], early, now_wall=115.0) == pytest.approx([0.3])
+    # seen after the loss: the rebuilt chains may miss a rule the kernel dropped
+    later = [Change(WEB, "10.244.1.6:8080", True, 109.5)]
+    with pytest.raises(MonitorLostEvents, match=r"node0 lost kernel events.*10\.244\.1\.6:8080"):
+        change_latencies(history, ["node0"], later, now_wall=115.0)
+
+
+def test_a_service_without_a_cluster_ip_is_an_error() -> None:
+    history = replay(LINES)
+    with pytest.raises(DataplaneError, match="'ns1/headless' has no cluster IP"):
+        history.programmed("node0", "ns1/headless", "10.244.1.2:8080", present=True, since=0)
+
+
+def test_the_json_monitor_lacks_the_endpoints_and_the_commits() -> None:
+    # Why this module reads the text monitor: recorded at the same time as the text lines.
+    text = (DATA / "nft-monitor-iptables-nft.jsonl").read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    dnats = [
+        item
+        for event in events
+        for body in event.values()
+        for item in body.get("rule", {}).get("expr", [])
+        if "DNAT" in json.dumps(item) or "dnat" in item
+    ]
+    assert dnats
+    assert all(item == {"xt": {"type": "target", "name": "DNAT"}} for item in dnats)
+    assert not any("generation" in json.dumps(event) for event in events)
