@@ -162,3 +162,17 @@ def test_the_json_monitor_lacks_the_endpoints_and_the_commits() -> None:
     assert dnats
     assert all(item == {"xt": {"type": "target", "name": "DNAT"}} for item in dnats)
     assert not any("generation" in json.dumps(event) for event in events)
+
+
+def test_an_ipv6_udp_service_with_a_local_policy_and_affinity() -> None:
+    # ip6tables-nft: the cluster IP jumps to a KUBE-SVL chain; ClientIP affinity adds a
+    # `recent` jump to the same SEP chain; the DNAT renders as the watch writes IPv6 endpoints.
+    lines = (DATA / "nft-monitor-ip6tables-nft.txt").read_text().splitlines()
+    history = RuleHistory(lambda service: [("fd00:96::10", 53)])
+    for line in lines:
+        history.add("node0", line, 100.0 + lines.index(line))
+    committed = 100.0 + len(lines) - 1
+    assert (
+        history.programmed("node0", "ns1/dns", "[fd00:244::5]:5353", present=True, since=0)
+        == committed
+    )
