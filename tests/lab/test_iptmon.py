@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from pytest_dataplane.errors import DataplaneError
+from pytest_dataplane.providers.k8s.api import KubeApi
 from pytest_dataplane.providers.lab.kube.iptmon import (
     Change,
     MonitorLostEvents,
@@ -19,6 +21,7 @@ from pytest_dataplane.providers.lab.kube.iptmon import (
     RuleHistory,
     change_latencies,
     parse_monitor_line,
+    service_frontends,
 )
 
 DATA = Path(__file__).parent.parent / "data"
@@ -176,3 +179,39 @@ def test_an_ipv6_udp_service_with_a_local_policy_and_affinity() -> None:
         history.programmed("node0", "ns1/dns", "[fd00:244::5]:5353", present=True, since=0)
         == committed
     )
+
+
+def test_an_nft_that_cannot_translate_dnat_is_an_error() -> None:
+    # nft built without libxtables prints the xt target as such: no endpoint to read.
+    opaque = [line.replace("dnat to 10.244.1.6:8080", "xt target DNAT") for line in LINES]
+    history = replay(opaque)
+    with pytest.raises(DataplaneError, match="without the endpoint"):
+        history.programmed("node0", WEB, "10.244.1.6:8080", present=True, since=0)
+    # a node whose nft translates it keeps its figures
+    history.add("node1", LINES[-2], 1.0)
+    assert history.programmed("node1", WEB, "10.244.1.6:8080", present=True, since=0) is None
+
+
+class FakeApi:
+    """The one call service_frontends makes of a KubeApi."""
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any]:
+        assert (api_version, kind, name, namespace) == ("v1", "Service", "web", "ns1")
+        spec = {
+            "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+            "ports": [{"name": "http", "port": 80}, {"name": "alt", "port": 8081}],
+        }
+        return {"spec": spec}
+
+
+def test_frontends_from_the_api() -> None:
+    frontends = service_frontends(cast(KubeApi, FakeApi()))
+    assert sorted(frontends("ns1/web")) == [
+        ("10.96.0.10", 80),
+        ("10.96.0.10", 8081),
+        ("fd00:96::10", 80),
+        ("fd00:96::10", 8081),
+    ]

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Final
 
 from ....errors import DataplaneError
+from ...k8s.api import KubeApi
 from ._monitor import LOST, Change, MonitorLostEvents, NftMonitorSource, change_latencies
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "RuleHistory",
     "change_latencies",
     "parse_monitor_line",
+    "service_frontends",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ _DADDR: Final = re.compile(r"\bip6? daddr (\S+)")
 _DPORT: Final = re.compile(r"\b(?:tcp|udp|sctp) dport (\d+)\b")
 _JUMP: Final = re.compile(r"\bjump (\S+)")
 _DNAT: Final = re.compile(r"\bdnat (?:ip6? )?to (\S+)")
+# How nft prints an xt target it cannot translate (nft built without libxtables): then no
+# endpoint can be read from a KUBE-SEP chain.
+_OPAQUE_DNAT: Final = re.compile(r"\bxt target \"?DNAT\b")
 _GENERATION: Final = "# new generation "
 
 
@@ -89,6 +94,7 @@ class Rule:
     dport: int | None = None
     jump: str | None = None
     dnat: str | None = None
+    opaque_dnat: bool = False  # a DNAT this nft prints without its address
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ def parse_monitor_line(line: str) -> NatEvent | None:
             dport=int(dport[1]) if dport else None,
             jump=jump[1] if jump else None,
             dnat=dnat[1] if dnat else None,
+            opaque_dnat=dnat is None and _OPAQUE_DNAT.search(body) is not None,
         )
         return NatEvent("add", added[1], added[2], int(added[4]), rule)
     if line.startswith("delete rule "):
@@ -212,6 +219,7 @@ class RuleHistory:
         self._states: dict[tuple[str, tuple[str, int]], list[tuple[float, frozenset[str]]]] = {}
         self._losses: dict[str, list[tuple[float, float]]] = {}
         self._last: dict[str, float] = {}
+        self._opaque: set[str] = set()
 
     def add(self, node: str, line: str, at: float) -> None:
         """Take in one monitor line of ``node``, read at wall-clock time ``at``."""
@@ -231,6 +239,9 @@ class RuleHistory:
                 if self._dirty.pop(node, False):
                     self._commit(node, at)
                 return
+            if event.rule is not None and event.rule.opaque_dnat and node not in self._opaque:
+                self._opaque.add(node)
+                log.warning("nft on %s prints iptables-nft's DNAT without its address", node)
             self._rules.setdefault(node, NatRules()).apply(event)
             self._dirty[node] = True
 
@@ -270,6 +281,13 @@ class RuleHistory:
         is (``present``) or is no longer behind a cluster IP and port of ``service``."""
         frontends = self.frontends(service)
         with self._lock:
+            if node in self._opaque:
+                raise DataplaneError(
+                    f"the nft in {node}'s namespace prints iptables-nft's DNAT targets as "
+                    "'xt target DNAT', without the endpoint: kube-proxy's iptables rules "
+                    "cannot be followed there (nft must be built with libxtables, as "
+                    "Debian's is)"
+                )
             histories = [list(self._states.get((node, frontend), ())) for frontend in frontends]
         times = [
             next(
@@ -299,3 +317,19 @@ class IptProgramming(NftMonitorSource):
     ) -> None:
         self.history = RuleHistory(frontends)
         super().__init__(node_netns, namespace, cgroup, ["nft", "-a", "monitor"], self.history.add)
+
+
+def service_frontends(api: KubeApi) -> Frontends:
+    """:data:`Frontends` from the API: each cluster IP (both families on a dual-stack
+    service) with each port of the Service ``ns/name``."""
+
+    def frontends(service: str) -> list[tuple[str, int]]:
+        namespace, _, name = service.partition("/")
+        spec = api.get("v1", "Service", name, namespace).get("spec") or {}
+        addresses = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
+        if spec.get("clusterIP") and spec["clusterIP"] != "None":
+            addresses.add(str(spec["clusterIP"]))
+        ports = [int(port["port"]) for port in spec.get("ports") or [] if port.get("port")]
+        return [(address, port) for address in sorted(addresses) for port in ports]
+
+    return frontends
