@@ -172,9 +172,10 @@ def test_an_ipv6_udp_service_with_a_local_policy_and_affinity() -> None:
     # `recent` jump to the same SEP chain; the DNAT renders as the watch writes IPv6 endpoints.
     lines = (DATA / "nft-monitor-ip6tables-nft.txt").read_text().splitlines()
     history = RuleHistory(lambda service: [("fd00:96::10", 53)])
-    for line in lines:
-        history.add("node0", line, 100.0 + lines.index(line))
-    committed = 100.0 + len(lines) - 1
+    for i, line in enumerate(lines):
+        history.add("node0", line, 100.0 + i)
+    # the transaction's first line follows the KUBE-MARK-MASQ chain's own generation
+    committed = 100.0 + lines.index(next(x for x in lines if "generation 2 " in x)) + 1
     assert (
         history.programmed("node0", "ns1/dns", "[fd00:244::5]:5353", present=True, since=0)
         == committed
@@ -215,3 +216,16 @@ def test_frontends_from_the_api() -> None:
         ("fd00:96::10", 80),
         ("fd00:96::10", 8081),
     ]
+
+
+def test_a_commit_is_timed_by_the_first_line_of_its_burst() -> None:
+    # The kernel sends a transaction's events at its commit; reading a large sync's lines
+    # takes a while, so the generation line that closes it is read later than the commit.
+    history = RuleHistory(lambda service: FRONTENDS.get(service, []))
+    for i, line in enumerate(LINES):
+        history.add("node0", line, 1000.0 + i)
+    first_of_last = max(i for i, line in enumerate(LINES) if line.startswith("# new generation 9 "))
+    assert (
+        history.programmed("node0", WEB, "10.244.1.6:8080", present=True, since=0)
+        == 1000.0 + first_of_last + 1
+    )

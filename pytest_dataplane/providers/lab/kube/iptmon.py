@@ -18,7 +18,9 @@ in JSON nft 1.0.6 prints iptables-nft's DNAT as an opaque ``{"xt": {"type": "tar
 ``dnat to 10.244.1.2:8080``, ends each rule it adds with ``# handle N`` (deletes name the
 handle) and closes each transaction with ``# new generation N by process P (...)``. A state is
 therefore only ever read at a real commit: a chain kube-proxy flushes and refills in one
-transaction never reads as empty. ``xtables-monitor`` is not used: iptables 1.8.9's exits
+transaction never reads as empty. The kernel sends a transaction's events in one burst at its
+commit, so a commit's time is when the burst's first line was read. Text output reaches the
+reader line by line (nft flushes each event; checked through a pipe). ``xtables-monitor`` is not used: iptables 1.8.9's exits
 when a large commit overflows its netlink buffer.
 
 kube-proxy rewrites ``KUBE-SERVICES`` on every sync but a service's own chains only when the
@@ -220,6 +222,8 @@ class RuleHistory:
         self._losses: dict[str, list[tuple[float, float]]] = {}
         self._last: dict[str, float] = {}
         self._opaque: set[str] = set()
+        # Per node: when the first line of the transaction being read was read
+        self._begun: dict[str, float] = {}
 
     def add(self, node: str, line: str, at: float) -> None:
         """Take in one monitor line of ``node``, read at wall-clock time ``at``."""
@@ -227,6 +231,12 @@ class RuleHistory:
         with self._lock:
             previous = self._last.get(node, float("-inf"))
             self._last[node] = at
+            # The kernel sends a transaction's events at its commit, in one burst that ends
+            # with the generation line: the burst's first line is read closest to the commit
+            # (its last one, after thousands of lines on a large sync, much later).
+            begun = self._begun.setdefault(node, at)
+            if event is not None and event.verb == "commit":
+                del self._begun[node]
             if event is None:
                 return
             if event.verb == "lost":
@@ -237,7 +247,7 @@ class RuleHistory:
                 return
             if event.verb == "commit":
                 if self._dirty.pop(node, False):
-                    self._commit(node, at)
+                    self._commit(node, begun)
                 return
             if event.rule is not None and event.rule.opaque_dnat and node not in self._opaque:
                 self._opaque.add(node)
