@@ -20,8 +20,8 @@ handle) and closes each transaction with ``# new generation N by process P (...)
 therefore only ever read at a real commit: a chain kube-proxy flushes and refills in one
 transaction never reads as empty. The kernel sends a transaction's events in one burst at its
 commit, so a commit's time is when the burst's first line was read. Text output reaches the
-reader line by line (nft flushes each event; checked through a pipe). ``xtables-monitor`` is not used: iptables 1.8.9's exits
-when a large commit overflows its netlink buffer.
+reader line by line (nft flushes each event; checked through a pipe). ``xtables-monitor``
+is not used: iptables 1.8.9's exits when a large commit overflows its netlink buffer.
 
 kube-proxy rewrites ``KUBE-SERVICES`` on every sync but a service's own chains only when the
 service or its endpoints change, so the monitor must be running before the services it is
@@ -55,6 +55,7 @@ __all__ = [
     "MonitorLostEvents",
     "NatEvent",
     "NatRules",
+    "Rule",
     "RuleHistory",
     "change_latencies",
     "parse_monitor_line",
@@ -127,11 +128,14 @@ def parse_monitor_line(line: str) -> NatEvent | None:
         return NatEvent("commit")
     if line.startswith(LOST):
         return NatEvent("lost")
-    if " nat " not in line:  # the cheap test first: most of a sync is nat rules, though
+    words = line.split(" ", 5)
+    if len(words) < 5 or words[3] != "nat":
         return None
+    if words[1] in ("rule", "chain") and not _watched(words[4]):
+        return None  # the cheap test first: most rules of a large sync are elsewhere
     if line.startswith("add rule "):
         added = _ADD.match(line)
-        if added is None or not _watched(added[2]):
+        if added is None:
             return None
         body = added[3]
         daddr, dport = _DADDR.search(body), _DPORT.search(body)
@@ -146,12 +150,12 @@ def parse_monitor_line(line: str) -> NatEvent | None:
         return NatEvent("add", added[1], added[2], int(added[4]), rule)
     if line.startswith("delete rule "):
         deleted = _DELETE_RULE.match(line)
-        if deleted is None or not _watched(deleted[2]):
+        if deleted is None:
             return None
         return NatEvent("delete", deleted[1], deleted[2], int(deleted[3]))
     if line.startswith("delete chain "):
         chain = _DELETE_CHAIN.match(line)
-        if chain is None or not _watched(chain[2]):
+        if chain is None:
             return None
         return NatEvent("delete-chain", chain[1], chain[2])
     table = _DELETE_TABLE.match(line)
