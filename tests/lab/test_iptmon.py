@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import pytest
 
-from pytest_dataplane.errors import DataplaneError
-from pytest_dataplane.providers.k8s.api import KubeApi
+from pytest_dataplane.errors import DataplaneError, DataplaneUnavailable
+from pytest_dataplane.providers.k8s.api import KubeApi, NotFound
 from pytest_dataplane.providers.lab.kube.iptmon import (
     Change,
     MonitorLostEvents,
@@ -229,3 +229,24 @@ def test_a_commit_is_timed_by_the_first_line_of_its_burst() -> None:
         history.programmed("node0", WEB, "10.244.1.6:8080", present=True, since=0)
         == 1000.0 + first_of_last + 1
     )
+
+
+def test_a_service_made_again_under_its_name_is_asked_anew() -> None:
+    # The tests of one cluster reuse service names; a Service made again has a new cluster IP.
+    answers = {WEB: [("10.96.0.99", 80)]}
+    history = RuleHistory(lambda service: answers[service])
+    assert history.frontends(WEB) == {("10.96.0.99", 80)}
+    answers[WEB] = [("10.96.0.10", 80)]
+    assert history.frontends(WEB) == {("10.96.0.99", 80)}  # asked once ...
+    history.forget_frontends()
+    assert history.frontends(WEB) == {("10.96.0.10", 80)}  # ... until forgotten
+
+
+def test_a_service_gone_from_the_api_is_unavailable() -> None:
+    class GoneApi:
+        def get(self, *args: object, **kwargs: object) -> dict[str, Any]:
+            raise NotFound('services "web" not found')
+
+    frontends = service_frontends(cast(KubeApi, GoneApi()))
+    with pytest.raises(DataplaneUnavailable, match="'ns1/web' no longer exists"):
+        frontends("ns1/web")

@@ -39,13 +39,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ....errors import DataplaneError
-from ...k8s.api import KubeApi
+from ....errors import DataplaneError, DataplaneUnavailable
+from ....events import Event
+from ...k8s.api import KubeApi, NotFound
 from ._monitor import LOST, Change, MonitorLostEvents, NftMonitorSource, change_latencies
 
 __all__ = [
@@ -275,8 +276,15 @@ class RuleHistory:
         with self._lock:
             return list(self._losses.get(node, ()))
 
+    def forget_frontends(self) -> None:
+        """Ask ``frontends`` again: the tests of one cluster reuse service names, and a Service
+        made again under an old name has a new cluster IP."""
+        with self._lock:
+            self._known.clear()
+
     def frontends(self, service: str) -> frozenset[tuple[str, int]]:
-        """The (cluster IP, port) pairs of ``service`` (``ns/name``), asked once."""
+        """The (cluster IP, port) pairs of ``service`` (``ns/name``), asked once until
+        :meth:`forget_frontends`."""
         known = self._known.get(service)
         if known is None:
             known = frozenset((str(ip), int(port)) for ip, port in self._frontends(service))
@@ -321,6 +329,7 @@ class IptProgramming(NftMonitorSource):
     :meth:`latencies`, once per service."""
 
     name = "nft monitor of kube-proxy's iptables-nft commits (per change, per node)"
+    history: RuleHistory
 
     def __init__(
         self,
@@ -332,6 +341,12 @@ class IptProgramming(NftMonitorSource):
         self.history = RuleHistory(frontends)
         super().__init__(node_netns, namespace, cgroup, ["nft", "-a", "monitor"], self.history.add)
 
+    def latencies(self, changes: Sequence[Event]) -> list[float]:
+        """As :meth:`NftMonitorSource.latencies`, with each service's cluster IPs read anew
+        (the Service of a name may have been made again since the last reading)."""
+        self.history.forget_frontends()
+        return super().latencies(changes)
+
 
 def service_frontends(api: KubeApi) -> Frontends:
     """:data:`Frontends` from the API: each cluster IP (both families on a dual-stack
@@ -339,7 +354,13 @@ def service_frontends(api: KubeApi) -> Frontends:
 
     def frontends(service: str) -> list[tuple[str, int]]:
         namespace, _, name = service.partition("/")
-        spec = api.get("v1", "Service", name, namespace).get("spec") or {}
+        try:
+            spec = api.get("v1", "Service", name, namespace).get("spec") or {}
+        except NotFound as exc:
+            raise DataplaneUnavailable(
+                f"service {service!r} no longer exists: its cluster IP, by which its "
+                "iptables rules are followed, is unknown"
+            ) from exc
         addresses = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
         if spec.get("clusterIP") and spec["clusterIP"] != "None":
             addresses.add(str(spec["clusterIP"]))
