@@ -250,3 +250,25 @@ def test_a_service_gone_from_the_api_is_unavailable() -> None:
     frontends = service_frontends(cast(KubeApi, GoneApi()))
     with pytest.raises(DataplaneUnavailable, match="'ns1/web' no longer exists"):
         frontends("ns1/web")
+
+
+def test_the_real_kube_proxy_recording() -> None:
+    # Recorded from the lab's kube-proxy (iptables-nft) in a node namespace: a backend of 2
+    # pods scaled to 4, then to 1, beside 20 background services (tests/data/README.md).
+    lines = (DATA / "nft-monitor-iptables-nft-kube-proxy.txt").read_text().splitlines()
+    backend = "dpt-x/backend"
+    history = RuleHistory(lambda service: [("10.135.204.153", 80)] if service == backend else [])
+    commits = 0
+    for line in lines:
+        commits += line.startswith("# new generation")
+        history.add("node0", line + "\n", 100.0 + commits)  # a commit at 100 + its number
+
+    def programmed(endpoint: str, present: bool, since: float = 0.0) -> float | None:
+        return history.programmed("node0", backend, endpoint, present=present, since=since)
+
+    pods = [f"10.71.0.{i}:8080" for i in (2, 3, 4, 5)]
+    assert [programmed(pod, True) for pod in pods] == [103.0, 103.0, 107.0, 107.0]
+    # scaled to 1 after the fourth pod was in: two pods out at one sync, the third at the next
+    assert programmed(pods[0], False, 108.0) == programmed(pods[3], False, 108.0) == 109.0
+    assert programmed(pods[2], False, 108.0) == 111.0
+    assert programmed(pods[1], False, 108.0) is None  # the one left
