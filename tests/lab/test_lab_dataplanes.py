@@ -67,18 +67,17 @@ def test_endpoint_changes_reach_the_dataplane(lab_cluster, plane: str) -> None:
         # The controller records every endpoint change it programmed, exactly once.
         assert latencies.size == 7
         assert cluster.fingerprint()["programming_latency_source"].startswith("lab eBPF")
-    elif plane == "nftables" or cluster.handle.iptables_backend == "nft":
-        # Every change, from kube-proxy's commits the kernel announced (iptables-nft's too):
-        # one per change and node, each found (a change not found would read as the time
-        # since it was seen, growing from one reading to the next; found ones move only by
-        # the clock conversion's microseconds).
+    elif plane == "nftables":
+        # Every change, from kube-proxy's commits the kernel announced: one per change and
+        # node, each found (a change not found would read as the time since it was seen,
+        # growing from one reading to the next; found ones move only by the clock
+        # conversion's microseconds).
         assert latencies.size == 7
         assert cluster.fingerprint()["programming_latency_source"].startswith("nft monitor")
         time.sleep(0.5)
         assert np.allclose(cluster.programming_latencies(), latencies, rtol=0, atol=0.01)
     else:
-        # Legacy iptables: kube-proxy's own SLI, one observation per changed EndpointSlice
-        # per sync.
+        # kube-proxy's own SLI, one observation per changed EndpointSlice per sync.
         assert latencies.size >= 1
         assert cluster.fingerprint()["programming_latency_source"] == "kube-proxy histogram"
 

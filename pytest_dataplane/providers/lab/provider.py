@@ -115,7 +115,6 @@ class LabProvider:
         from ..k8s.dataplane import DataplanePods
         from ..k8s.hooks import ClusterHooks
         from .kube import access
-        from .kube.iptmon import IptProgramming, service_frontends
         from .kube.lab import KubeLab
         from .kube.nftmon import NftProgramming
 
@@ -153,15 +152,6 @@ class LabProvider:
                     {name: lab.node_netns(i) for i, name in enumerate(lab.node_names)},
                     namespace,
                     None if lab.cgroup is None else lab.cgroup / "nft-monitor",
-                )
-            elif lab.iptables_backend == "nft":
-                # iptables-nft commits announce themselves as nftables' do; legacy iptables
-                # announces nothing and keeps kube-proxy's histogram.
-                programming = IptProgramming(
-                    {name: lab.node_netns(i) for i, name in enumerate(lab.node_names)},
-                    namespace,
-                    None if lab.cgroup is None else lab.cgroup / "nft-monitor",
-                    service_frontends(api),
                 )
             cluster = KubeCluster(
                 api=api,
