@@ -110,13 +110,13 @@ def change_latencies(
             None,
         )
         for node in nodes:
-            at = history.programmed(
-                node,
-                change.service,
-                change.endpoint,
-                present=change.present,
-                since=change.seen - WATCH_SLACK,
-            )
+
+            def first_commit(c: Change, node: str = node) -> float | None:
+                return history.programmed(
+                    node, c.service, c.endpoint, present=c.present, since=c.seen - WATCH_SLACK
+                )
+
+            at = first_commit(change)
             start, end = change.seen - WATCH_SLACK, now_wall if at is None else at
             lost = [span for span in history.losses(node) if span[1] >= start and span[0] < end]
             if lost:
@@ -127,16 +127,8 @@ def change_latencies(
                     f"({len(lost)} loss(es), the first reported {lost[0][1] - change.seen:+.2f} s "
                     "from the change)"
                 )
-            if at is None and later is not None:
-                superseded = history.programmed(
-                    node,
-                    later.service,
-                    later.endpoint,
-                    present=later.present,
-                    since=later.seen - WATCH_SLACK,
-                )
-                if superseded is not None:
-                    continue
+            if at is None and later is not None and first_commit(later) is not None:
+                continue
             result.append(max(0.0, (now_wall if at is None else at) - change.seen))
     return result
 
