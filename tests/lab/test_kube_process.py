@@ -54,6 +54,37 @@ def test_a_process_runs_in_its_namespace_and_cgroup(session: Session, tmp_path: 
     assert process.exited() is not None
 
 
+def test_a_control_plane_process_runs_at_a_lower_weight(tmp_path: Path) -> None:
+    # The control plane's nice value and, where the kernel has autogroup, its session's: the
+    # nodes' processes (and the test's own) keep theirs.
+    process = Process(
+        "low",
+        ["sh", "-c", "echo started; exec sleep 600"],
+        netns=None,
+        log_path=tmp_path / "low.log",
+        cgroup=None,
+        nice=10,
+    )
+    process.start()
+    try:
+        process.wait_until(lambda: "started" in process.tail(), timeout=30, what="started")
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == 10
+        assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+        autogroup = Path(f"/proc/{process.pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == "10"
+            assert Path("/proc/self/autogroup").read_text().split()[-1] != "10"
+    finally:
+        assert stop_all([process], timeout=5) == []
+
+
+def test_a_child_is_never_given_a_higher_weight() -> None:
+    from pytest_dataplane.providers.lab.kube.process import child_setup
+
+    with pytest.raises(ValueError, match=r"nice=-5: only a lower weight \(0 to 19\)"):
+        child_setup(None, signal.SIGKILL, nice=-5)
+
+
 def test_an_exit_before_ready_reports_the_log_tail(tmp_path: Path) -> None:
     process = Process(
         "broken",

@@ -61,6 +61,9 @@ AGENT_STOP_TIMEOUT = 30.0  # the agent stops its pods (their grace periods) befo
 EBPFCTL_STOP_TIMEOUT = 10.0  # the eBPF controller detaches and unmounts on SIGTERM
 EBPFCTL = "ebpf-controller"  # the controller's process (and cgroup) name
 CLIENT_CGROUP = "client"  # the clients' cgroup, under the cluster's
+# The control plane's nice value (and its sessions' autogroup nice): about a tenth of the
+# CPU weight of the nodes' processes when both want the CPU (see _spawn_control_plane).
+CONTROL_PLANE_NICE = 10
 
 
 def detect_iptables_backend() -> str:
@@ -451,9 +454,9 @@ class KubeLab:
 
         self._progress("starting etcd and kube-apiserver")
         with self._phase("control_plane"):
-            etcd = self._spawn("etcd", plan.etcd_args(files), kube_plan.cp_netns)
-            apiserver = self._spawn(
-                "kube-apiserver", plan.apiserver_args(kube_plan, files), kube_plan.cp_netns
+            etcd = self._spawn_control_plane("etcd", plan.etcd_args(files))
+            apiserver = self._spawn_control_plane(
+                "kube-apiserver", plan.apiserver_args(kube_plan, files)
             )
             self._wait(
                 etcd,
@@ -478,12 +481,10 @@ class KubeLab:
 
         self._progress("starting controller-manager, scheduler and node agents")
         with self._phase("components"):
-            cm = self._spawn(
-                "kube-controller-manager", plan.controller_manager_args(files), kube_plan.cp_netns
+            cm = self._spawn_control_plane(
+                "kube-controller-manager", plan.controller_manager_args(files)
             )
-            scheduler = self._spawn(
-                "kube-scheduler", plan.scheduler_args(files), kube_plan.cp_netns
-            )
+            scheduler = self._spawn_control_plane("kube-scheduler", plan.scheduler_args(files))
             agents = [self._spawn_agent(i) for i in range(self.nodes)]
             controller = self._spawn_ebpfctl() if self.dataplane == "ebpf" else None
             proxies: list[Process] = []
@@ -583,6 +584,7 @@ class KubeLab:
         raw: bool = False,
         env: dict[str, str] | None = None,
         deathsig: int = signal.SIGKILL,
+        nice: int = 0,
     ) -> Process:
         """Start component ``name`` (``args`` are its flags, or its whole argv if ``raw``)."""
         self._raise_pending()
@@ -596,10 +598,23 @@ class KubeLab:
             cgroup=None if self.cgroup is None else self.cgroup / name,
             env=self._env() if env is None else env,
             deathsig=deathsig,
+            nice=nice,
         )
         self.processes[name] = process
         process.start()
         return process
+
+    def _spawn_control_plane(self, name: str, args: list[str]) -> Process:
+        """Start a control-plane component in the control-plane namespace, at a low CPU weight.
+
+        A real cluster runs its control plane on machines of its own; here it shares the
+        cores with the nodes' work (pods, kube-proxy or the eBPF controller, the clients). At
+        nice 0 its bursts during a rollout (the API server, etcd and the controllers all
+        answering at once) took the CPU from the load generator for up to 0.1 s; at
+        :data:`CONTROL_PLANE_NICE` it runs on whatever the node's work leaves, as on a
+        machine of its own, and still gets every idle cycle.
+        """
+        return self._spawn(name, args, self._require()[0].cp_netns, nice=CONTROL_PLANE_NICE)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}

@@ -27,11 +27,19 @@ from .. import _proc
 POLL = 0.05  # seconds between two looks at a readiness condition
 
 
-def child_setup(cgroup: Path | None, deathsig: int) -> Callable[[], None]:
+def child_setup(cgroup: Path | None, deathsig: int, nice: int = 0) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets ``deathsig`` when the forking thread ends and joins
-    ``cgroup`` (if given) before it runs anything."""
+    ``cgroup`` (if given) before it runs anything.
+
+    A positive ``nice`` lowers the child's CPU weight: its nice value, and its session's
+    (the kernel's autogroup, which is what weighs one session against another where
+    autogroup is on; the child must start a new session for that to touch only it).
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     procs = None if cgroup is None else str(cgroup / "cgroup.procs")
+    if nice < 0:
+        raise ValueError(f"nice={nice}: only a lower weight (0 to 19) is asked of a child")
+    weight = str(nice).encode()
 
     def setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe work (raw writes).
@@ -40,6 +48,18 @@ def child_setup(cgroup: Path | None, deathsig: int) -> Callable[[], None]:
             fd = os.open(procs, os.O_WRONLY)
             try:
                 os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            try:  # absent on kernels without autogroup: the nice value above is all there is
+                fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+            except OSError:
+                return
+            try:
+                os.write(fd, weight)
+            except OSError:
+                pass  # autogroup disabled at boot (noautogroup): the nice value still holds
             finally:
                 os.close(fd)
 
@@ -59,6 +79,7 @@ class Process:
         cgroup: Path | None,
         env: Mapping[str, str] | None = None,
         deathsig: int = signal.SIGKILL,
+        nice: int = 0,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -67,6 +88,7 @@ class Process:
         self.cgroup = cgroup
         self.env = dict(env) if env is not None else None
         self.deathsig = deathsig
+        self.nice = nice
         self.popen: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -93,7 +115,7 @@ class Process:
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     start_new_session=True,
-                    preexec_fn=child_setup(self.cgroup, self.deathsig),  # noqa: PLW1509
+                    preexec_fn=child_setup(self.cgroup, self.deathsig, self.nice),  # noqa: PLW1509
                 )
             except OSError as exc:
                 raise DataplaneError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
