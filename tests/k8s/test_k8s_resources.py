@@ -199,3 +199,22 @@ def test_addresses_and_urls() -> None:
     assert resources.url_for("172.18.0.3", 31234) == "http://172.18.0.3:31234/"
     assert resources.url_for("fd00::3", 80) == "http://[fd00::3]:80/"
     assert resources.url_for("lb.example", 80) == "http://lb.example:80/"
+
+
+@pytest.mark.parametrize(
+    ("spec", "single", "every"),
+    [
+        ({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"]}, "10.96.0.10", {"10.96.0.10"}),
+        (
+            {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::a"]},
+            "10.96.0.10",
+            {"10.96.0.10", "fd00::a"},
+        ),
+        ({"clusterIP": "10.96.0.10"}, "10.96.0.10", {"10.96.0.10"}),  # without clusterIPs
+        ({"clusterIP": "None", "clusterIPs": ["None"]}, None, set()),  # headless
+        ({}, None, set()),  # not allocated yet
+    ],
+)
+def test_cluster_ips(spec: dict[str, Any], single: str | None, every: set[str]) -> None:
+    assert resources.cluster_ip({"spec": spec}) == single
+    assert resources.cluster_ips({"spec": spec}) == every

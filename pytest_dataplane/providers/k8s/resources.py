@@ -31,6 +31,7 @@ __all__ = [
     "background_slice_name",
     "check_name",
     "cluster_ip",
+    "cluster_ips",
     "deployment",
     "lb_address",
     "managed_labels",
@@ -395,6 +396,17 @@ def cluster_ip(svc: Mapping[str, Any]) -> str | None:
     """A Service's cluster IP (None while unallocated, or for a headless Service)."""
     address = svc.get("spec", {}).get("clusterIP")
     return str(address) if address and address != "None" else None
+
+
+def cluster_ips(svc: Mapping[str, Any]) -> frozenset[str]:
+    """Every cluster IP of a Service (both families on a dual-stack one; none while
+    unallocated, or for a headless Service)."""
+    spec = svc.get("spec") or {}
+    found = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
+    single = cluster_ip(svc)
+    if single is not None:
+        found.add(single)
+    return frozenset(found)
 
 
 def url_for(host: str, port: int) -> str:

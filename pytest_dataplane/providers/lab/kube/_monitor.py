@@ -29,6 +29,7 @@ __all__ = [
     "LOST",
     "Change",
     "CommitHistory",
+    "LossSpans",
     "MonitorLostEvents",
     "NftMonitorSource",
     "change_latencies",
@@ -57,6 +58,34 @@ LOST: Final = "# ERROR: We lost some netlink events"
 class MonitorLostEvents(DataplaneUnavailable):
     """The monitor of a node lost kernel events while a change was waiting to be committed:
     that change's exact programming latency is unknown."""
+
+
+class LossSpans:
+    """Per node: when its monitor's last line was read, and the spans of time in which its
+    monitor lost kernel events (held under the owner's lock).
+
+    A loss lies somewhere after the line read before the report. Its span ends at the report
+    (``to_the_end=False``: each line stands alone, as nftmon's do) or never (``True``: the
+    state rebuilt from the lines may be wrong from the loss on, as iptmon's is).
+    """
+
+    def __init__(self, *, to_the_end: bool) -> None:
+        self._to_the_end = to_the_end
+        self._spans: dict[str, list[tuple[float, float]]] = {}
+        self._last: dict[str, float] = {}
+
+    def line(self, node: str, at: float, *, lost: bool) -> None:
+        """A line of ``node``'s monitor read at ``at``; ``lost``: it reports lost events."""
+        previous = self._last.get(node, float("-inf"))
+        self._last[node] = at
+        if lost:
+            self._spans.setdefault(node, []).append(
+                (previous, float("inf") if self._to_the_end else at)
+            )
+            log.warning("nft monitor on %s lost kernel events (netlink buffer full)", node)
+
+    def spans(self, node: str) -> list[tuple[float, float]]:
+        return list(self._spans.get(node, ()))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -534,13 +534,6 @@ class ServiceAddresses:
     ready: frozenset[str]
 
 
-def _cluster_ips(spec: Mapping[str, Any]) -> set[str]:
-    found = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
-    if spec.get("clusterIP") and spec["clusterIP"] != "None":
-        found.add(str(spec["clusterIP"]))
-    return found
-
-
 def service_ips(api: Any) -> ServiceAddresses:
     """:class:`ServiceAddresses` of the cluster (``api``: a KubeApi), from one list of its
     Services and one of its EndpointSlices."""
@@ -560,7 +553,7 @@ def service_ips(api: Any) -> ServiceAddresses:
     ready: set[str] = set()
     for item in services:
         meta = item.get("metadata") or {}
-        addresses = _cluster_ips(item.get("spec") or {})
+        addresses = resources.cluster_ips(item)
         existing |= addresses
         if (meta.get("namespace"), meta.get("name")) in with_ready:
             ready |= addresses

@@ -46,8 +46,16 @@ from typing import Final
 
 from ....errors import DataplaneError, DataplaneUnavailable
 from ....events import Event
+from ...k8s import resources
 from ...k8s.api import KubeApi, NotFound
-from ._monitor import LOST, Change, MonitorLostEvents, NftMonitorSource, change_latencies
+from ._monitor import (
+    LOST,
+    Change,
+    LossSpans,
+    MonitorLostEvents,
+    NftMonitorSource,
+    change_latencies,
+)
 
 __all__ = [
     "Change",
@@ -224,8 +232,7 @@ class RuleHistory:
         self._dirty: dict[str, bool] = {}
         # (commit time, endpoints) per (node, frontend), recorded when the set changes
         self._states: dict[tuple[str, tuple[str, int]], list[tuple[float, frozenset[str]]]] = {}
-        self._losses: dict[str, list[tuple[float, float]]] = {}
-        self._last: dict[str, float] = {}
+        self._losses = LossSpans(to_the_end=True)
         self._opaque: set[str] = set()
         # Per node: when the first line of the transaction being read was read
         self._begun: dict[str, float] = {}
@@ -234,8 +241,7 @@ class RuleHistory:
         """Take in one monitor line of ``node``, read at wall-clock time ``at``."""
         event = parse_monitor_line(line)
         with self._lock:
-            previous = self._last.get(node, float("-inf"))
-            self._last[node] = at
+            self._losses.line(node, at, lost=event is not None and event.verb == "lost")
             # The kernel sends a transaction's events at its commit, in one burst that ends
             # with the generation line: the burst's first line is read closest to the commit
             # (its last one, after thousands of lines on a large sync, much later).
@@ -245,10 +251,7 @@ class RuleHistory:
             if event is None:
                 return
             if event.verb == "lost":
-                # Lost somewhere after the line read before this one, and the rebuilt rules
-                # may be wrong from then on (see the module's docstring).
-                self._losses.setdefault(node, []).append((previous, float("inf")))
-                log.warning("nft monitor on %s lost kernel events (netlink buffer full)", node)
+                # The rebuilt rules may be wrong from then on (see the module's docstring).
                 return
             if event.verb == "commit":
                 if self._dirty.pop(node, False):
@@ -274,7 +277,7 @@ class RuleHistory:
         """The spans of time (start, end) in which ``node``'s monitor lost events (a loss
         spoils the history to the end: the end is infinite)."""
         with self._lock:
-            return list(self._losses.get(node, ()))
+            return self._losses.spans(node)
 
     def forget_frontends(self) -> None:
         """Ask ``frontends`` again: the tests of one cluster reuse service names, and a Service
@@ -355,15 +358,14 @@ def service_frontends(api: KubeApi) -> Frontends:
     def frontends(service: str) -> list[tuple[str, int]]:
         namespace, _, name = service.partition("/")
         try:
-            spec = api.get("v1", "Service", name, namespace).get("spec") or {}
+            svc = api.get("v1", "Service", name, namespace)
         except NotFound as exc:
             raise DataplaneUnavailable(
                 f"service {service!r} no longer exists: its cluster IP, by which its "
                 "iptables rules are followed, is unknown"
             ) from exc
-        addresses = {str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"}
-        if spec.get("clusterIP") and spec["clusterIP"] != "None":
-            addresses.add(str(spec["clusterIP"]))
+        spec = svc.get("spec") or {}
+        addresses = resources.cluster_ips(svc)
         ports = [int(port["port"]) for port in spec.get("ports") or [] if port.get("port")]
         return [(address, port) for address in sorted(addresses) for port in ports]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._monitor import LOST as _LOST
-from ._monitor import Change, MonitorLostEvents, NftMonitorSource, change_latencies
+from ._monitor import Change, LossSpans, MonitorLostEvents, NftMonitorSource, change_latencies
 
 __all__ = [
     "Change",
@@ -110,18 +110,13 @@ class RuleHistory:
         self._lock = threading.Lock()
         # (time, endpoints, deleted) per (node, chain), in the monitor's order
         self._states: dict[tuple[str, str], list[tuple[float, frozenset[str], bool]]] = {}
-        # Per node: spans (after the line before, up to the report) in which events were lost.
-        self._losses: dict[str, list[tuple[float, float]]] = {}
-        self._last: dict[str, float] = {}
+        self._losses = LossSpans(to_the_end=False)
 
     def add(self, node: str, line: str, at: float) -> None:
         with self._lock:
-            previous = self._last.get(node, float("-inf"))
-            self._last[node] = at
-            if line.startswith(_LOST):
-                # Lost somewhere after the line read before this one.
-                self._losses.setdefault(node, []).append((previous, at))
-                log.warning("nft monitor on %s lost kernel events (netlink buffer full)", node)
+            lost = line.startswith(_LOST)
+            self._losses.line(node, at, lost=lost)
+            if lost:
                 return
         parsed = parse_monitor_line(line)
         if parsed is None:
@@ -133,7 +128,7 @@ class RuleHistory:
     def losses(self, node: str) -> list[tuple[float, float]]:
         """The spans of time (start, end) in which ``node``'s monitor lost events."""
         with self._lock:
-            return list(self._losses.get(node, ()))
+            return self._losses.spans(node)
 
     def programmed(
         self, node: str, service: str, endpoint: str, *, present: bool, since: float
