@@ -53,6 +53,7 @@ DEFAULT_DATA = Path("/var/tmp/pytest-dataplane-calibration")
 BASE_P50 = 0.004
 SIGMA = 0.4
 SLOWDOWN = 1.15
+SETTLE_TIMEOUT = 300.0  # seconds for kube-proxy to sync a rollout at 5,000 services
 
 
 def _loadavg() -> float:
@@ -83,6 +84,7 @@ def collect(args: argparse.Namespace) -> int:
     from pytest_dataplane.load import duet, run
     from pytest_dataplane.providers.lab import LabProvider
     from pytest_dataplane.providers.lab.doctor import unavailable_reason
+    from pytest_dataplane.providers.lab.kube.access import wait_settled
 
     if os.geteuid() != 0:
         print("benchmarks/calibration.py collect needs root (network namespaces)", file=sys.stderr)
@@ -158,7 +160,9 @@ def collect(args: argparse.Namespace) -> int:
             if args.setting == "busy":
                 started = time.monotonic()
                 base.rollout(grace="1s")
-                cluster.wait_programmed()
+                # The rollout has ended (its pods are ready, the old ones gone); kube-proxy
+                # on every node has synced what it queued.
+                wait_settled(cluster.handle, timeout=SETTLE_TIMEOUT)
                 meta["rollout_seconds"] = time.monotonic() - started
             order: Iterable[tuple[str, Any]] = (("B", base), ("C", slow))
             if args.power_only:
