@@ -22,7 +22,6 @@ exact figure (the commit that had it may be among the lost events): reading it r
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +39,6 @@ __all__ = [
     "parse_monitor_line",
 ]
 
-log = logging.getLogger(__name__)
 
 TABLE: Final = "kube-proxy"
 
