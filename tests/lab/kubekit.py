@@ -113,6 +113,17 @@ def binaries_or_skip() -> Any:
         pytest.skip(f"Kubernetes binaries not built: {exc}")
 
 
+def ended(pid: int | str) -> bool:
+    """Whether a process has exited: gone, or a zombie (which holds no namespace, file or
+    memory; reaping it is the job of whatever adopted it, PID 1 or a CI runner's subreaper,
+    which may be slow to do it or never do it while the run lasts)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
     """Poll ``condition`` until it returns something true; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubekit import binaries_or_skip, in_netns, root_state, session_objects, state_diff, wait_for
+from kubekit import (
+    binaries_or_skip,
+    ended,
+    in_netns,
+    root_state,
+    session_objects,
+    state_diff,
+    wait_for,
+)
 
 from pytest_dataplane.providers.lab._session import STATE_ROOT
 from pytest_dataplane.providers.lab.ebpf import ebpf_unavailable_reason
@@ -381,7 +389,7 @@ def test_a_sigkilled_ebpf_lab_is_reaped(root_before: dict[str, str]) -> None:
     mounts = Path("/proc/mounts").read_text()
     assert f"/run/pytest-dataplane/{prefix}" in mounts  # the controller's bpffs
     os.kill(int(str(state["pid"])), signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{state['pid']}").exists(), timeout=30, what="owner gone")
+    wait_for(lambda: ended(state["pid"]), timeout=30, what="owner gone")
     done = subprocess.run(
         [*CLI, "cleanup", "--prefix", prefix],
         capture_output=True,

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kubekit import binaries_or_skip, root_state, session_objects, state_diff, wait_for
+from kubekit import binaries_or_skip, ended, root_state, session_objects, state_diff, wait_for
 
 from pytest_dataplane.providers.lab._session import STATE_ROOT
 
@@ -88,7 +88,7 @@ def test_sigkilled_supervisor_is_reaped_by_cleanup() -> None:
     os.kill(int(str(state["pid"])), signal.SIGKILL)
     # The components die with their parent; what is left (namespaces, mount, cgroups,
     # state, the agent's pods) is cleanup's.
-    wait_for(lambda: not Path(f"/proc/{state['pid']}").exists(), timeout=30, what="supervisor gone")
+    wait_for(lambda: ended(state["pid"]), timeout=30, what="supervisor gone")
     done = subprocess.run(
         [*CLI, "cleanup", "--prefix", prefix],
         capture_output=True,

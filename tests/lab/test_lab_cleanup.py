@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kubekit import ended
 
 from pytest_dataplane.providers.lab._session import CGROUP_DIR, STATE_ROOT, cgroup2_mount
 
@@ -83,10 +84,11 @@ def _root_firewall() -> str:
 
 
 def _processes_of(sessions: set[str]) -> list[str]:
-    # A session's processes name its prefix (state paths, namespaces) or sit in its cgroup.
+    # A session's running processes (not zombies: see ended()): they name its prefix (state
+    # paths, namespaces) or sit in its cgroup.
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or ended(entry.name):
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -165,6 +167,10 @@ def inner(tmp_path: Path):
         while leaked_programs() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert leaked_programs() == set()
+        # A killed process is out of its cgroup's list a moment before it is a zombie.
+        deadline = time.monotonic() + 10
+        while _processes_of(ours) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert _processes_of(ours) == []
         assert _root_firewall() == firewall
 
@@ -220,12 +226,14 @@ def test_a_killed_but_unreaped_owner_counts_as_gone(tmp_path: Path, monkeypatch)
             json.dumps({"pid": child.pid, "start": start})
         )
         assert session.owner_alive()
+        assert _session.running(child.pid)
         child.kill()
         deadline = time.monotonic() + 5
         # Not reaped yet: the child is a zombie, which is dead for cleanup's purposes.
         while session.owner_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not session.owner_alive()
+        assert not _session.running(child.pid)  # what cleanup waits for after its signals
         assert Path(f"/proc/{child.pid}").exists(), "set-up: the zombie is still there"
     finally:
         child.kill()

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from kubekit import ended
 from labkit import (
     in_node,
     pod_names,
@@ -285,14 +286,7 @@ def test_the_client_prober_dies_with_its_owner(lab_cluster) -> None:
     owner.wait()
     owner.stdout.close()
 
-    def gone() -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except FileNotFoundError:
-            return True
-
-    wait_for(gone, f"prober {pid} ending with its owner", timeout=10)
+    wait_for(lambda: ended(pid), f"prober {pid} ending with its owner", timeout=10)
     # And close() of a prober of ours ends it at once.
     prober = ProbeProcess(cluster.traffic.netns, None, own_cgroup=False)
     mine = prober.pid

@@ -45,6 +45,12 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has: its parent, perhaps
+    PID 1 or a CI runner's subreaper, has only not reaped it yet)."""
+    return _start_time(pid) is not None
+
+
 @dataclass(frozen=True)
 class Session:
     """One lab session's names and places."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..._host import NETNS_DIR, read_mounts
 from ._cgroup import attached_programs, cgroup_pids
-from ._session import CGROUP_DIR, PREFIX_RE, STATE_ROOT, Session, cgroup2_mount
+from ._session import CGROUP_DIR, PREFIX_RE, STATE_ROOT, Session, cgroup2_mount, running
 
 _NETNS_RE = re.compile(r"^(dpl[0-9a-f]{6})-")
 _PROBE_RE = re.compile(r"^dplprobe[0-9a-f]{6}$")
@@ -63,7 +63,7 @@ def _kill(pids: set[int]) -> None:
         deadline = time.monotonic() + 3
         while pids and time.monotonic() < deadline:
             for pid in list(pids):
-                if not os.path.exists(f"/proc/{pid}"):
+                if not running(pid):
                     pids.discard(pid)
             time.sleep(0.05)
 
