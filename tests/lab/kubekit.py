@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_dataplane.errors import DataplaneError
-from pytest_dataplane.providers.lab._session import CGROUP_DIR, STATE_ROOT, cgroup2_mount
+from pytest_dataplane.providers.lab._session import CGROUP_DIR, STATE_ROOT, cgroup2_mount, running
 
 # Counters of the kernel's own bookkeeping, which move with every process on the machine.
 _VOLATILE_SYSCTLS = (
@@ -114,14 +114,10 @@ def binaries_or_skip() -> Any:
 
 
 def ended(pid: int | str) -> bool:
-    """Whether a process has exited: gone, or a zombie (which holds no namespace, file or
-    memory; reaping it is the job of whatever adopted it, PID 1 or a CI runner's subreaper,
-    which may be slow to do it or never do it while the run lasts)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
+    """Whether a process has exited: gone, or a zombie, as cleanup counts it (a zombie holds
+    no namespace, file or memory; reaping it is the job of whatever adopted it, PID 1 or a CI
+    runner's subreaper, which may be slow to do it or never do it while the run lasts)."""
+    return not running(int(pid))
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
