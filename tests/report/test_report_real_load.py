@@ -55,7 +55,9 @@ def test_real_load_run_is_reported(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_real=SUITE)
     result = pytester.runpytest("--dataplane-json=r.json", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*dataplane summary*", "test_local * - * 200/200* *"])
+    # The achieved rate is measured (199.7/200 when the host delayed the last sends), the
+    # target is not.
+    result.stdout.fnmatch_lines(["*dataplane summary*", "test_local * - * */200 *"])
     document = json.loads((pytester.path / "r.json").read_text())
     jsonschema.validate(document, schema())
     (row,) = document["results"]
